@@ -1,0 +1,29 @@
+# kubectl-bridge — developer entry points. `make test` is the one command that runs every test.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -o errexit -o nounset -o pipefail -c
+
+.PHONY: build test unit verify e2e cluster-up cluster-down demo
+
+build:
+	go build -o _output/bin/ ./cmd/...
+
+unit:
+	go test -race ./...
+
+verify:
+	hack/verify-all.sh
+
+e2e:
+	hack/e2e.sh
+
+# test runs everything CI runs: unit tests, verifications, then the end-to-end suite on the local cluster.
+test: unit verify e2e
+
+cluster-up:
+	hack/cluster-up.sh
+
+cluster-down:
+	hack/cluster-down.sh
+
+demo:
+	hack/demo.sh

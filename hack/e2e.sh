@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs the end-to-end suites against the project's local cluster. TestMain starts the cluster when it
+# is not running; this script stops it afterwards unless KEEP_CLUSTER=1 (handy while developing).
+# Extra arguments go to `go test` (e.g. -run TestForward).
+set -o errexit -o nounset -o pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [[ "${KEEP_CLUSTER:-0}" != 1 ]]; then
+  trap 'hack/cluster-down.sh' EXIT
+fi
+go test -tags e2e -count=1 -timeout 50m -v ./test/e2e/... "$@"

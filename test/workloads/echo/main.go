@@ -1,0 +1,235 @@
+// Command echo is the end-to-end test workload: an HTTP server that reports which pod answered and
+// what it received (HTTP/1.1, h2c and WebSocket), and a client used from inside the cluster.
+//
+//	echo serve [--listen :8080] [--extra-listen :8081]
+//	echo get [--count N] [--new-conn] [-H Name=Value]... URL
+//
+// The same static binary serves both roles so the tests need a single image.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
+)
+
+// Reply is what the server answers to every request except /bulk and /ws.
+type Reply struct {
+	Pod     string              `json:"pod"`
+	Method  string              `json:"method"`
+	Path    string              `json:"path"`
+	Query   string              `json:"query,omitempty"`
+	Proto   string              `json:"proto"`
+	Host    string              `json:"host"`
+	Headers map[string][]string `json:"headers"`
+	Body    string              `json:"body,omitempty"`
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: echo serve|get ...")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serve(os.Args[2:])
+	case "get":
+		err = get(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "echo:", err)
+		os.Exit(1)
+	}
+}
+
+func podName() string {
+	if p := os.Getenv("POD_NAME"); p != "" {
+		return p
+	}
+	h, _ := os.Hostname()
+	return h
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	listen := fs.String("listen", ":8080", "address of the HTTP listener")
+	extra := fs.String("extra-listen", "", "optional second HTTP listener (for two-port Services)")
+	_ = fs.Parse(args)
+
+	pod := podName()
+	upgrader := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	mux.HandleFunc("/bulk", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.ParseInt(r.URL.Query().Get("bytes"), 10, 64)
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		buf := make([]byte, 256<<10)
+		_, _ = rand.Read(buf)
+		for n > 0 {
+			chunk := int64(len(buf))
+			if n < chunk {
+				chunk = n
+			}
+			if _, err := w.Write(buf[:chunk]); err != nil {
+				return
+			}
+			n -= chunk
+		}
+	})
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, err := upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			mt, msg, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			if err := c.WriteMessage(mt, []byte(pod+": "+string(msg))); err != nil {
+				return
+			}
+		}
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Served-By", pod)
+		_ = json.NewEncoder(w).Encode(Reply{
+			Pod: pod, Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Proto: r.Proto,
+			Host: r.Host, Headers: r.Header, Body: string(body),
+		})
+	})
+	handler := h2c.NewHandler(mux, &http2.Server{})
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	addrs := []string{*listen}
+	if *extra != "" {
+		addrs = append(addrs, *extra)
+	}
+	errc := make(chan error, len(addrs))
+	var servers []*http.Server
+	for _, a := range addrs {
+		srv := &http.Server{Addr: a, Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, srv)
+		go func() { errc <- srv.ListenAndServe() }()
+		fmt.Printf("echo: pod %s serving on %s\n", pod, a)
+	}
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		_ = s.Shutdown(shutdownCtx)
+	}
+	return nil
+}
+
+// Summary is what `echo get` prints: one JSON object for the whole run.
+type Summary struct {
+	OK      int            `json:"ok"`
+	Failed  int            `json:"failed"`
+	Pods    map[string]int `json:"pods"`
+	Errors  []string       `json:"errors,omitempty"`
+	Last    *Reply         `json:"last,omitempty"`
+	Elapsed string         `json:"elapsed"`
+}
+
+type headerFlags []string
+
+func (h *headerFlags) String() string     { return strings.Join(*h, ",") }
+func (h *headerFlags) Set(v string) error { *h = append(*h, v); return nil }
+
+func get(args []string) error {
+	fs := flag.NewFlagSet("get", flag.ExitOnError)
+	count := fs.Int("count", 1, "number of requests")
+	newConn := fs.Bool("new-conn", false, "open a new TCP connection for every request")
+	timeout := fs.Duration("timeout", 5*time.Second, "timeout of each request")
+	interval := fs.Duration("interval", 0, "pause between requests")
+	var headers headerFlags
+	fs.Var(&headers, "H", "request header Name=Value (repeatable)")
+	_ = fs.Parse(args)
+	if fs.NArg() != 1 {
+		return errors.New("get needs exactly one URL")
+	}
+	url := fs.Arg(0)
+	tr := &http.Transport{DialContext: (&net.Dialer{Timeout: *timeout}).DialContext, DisableKeepAlives: *newConn}
+	client := &http.Client{Transport: tr, Timeout: *timeout}
+	sum := Summary{Pods: map[string]int{}}
+	start := time.Now()
+	for i := 0; i < *count; i++ {
+		if i > 0 && *interval > 0 {
+			time.Sleep(*interval)
+		}
+		rep, err := once(client, url, headers)
+		if err != nil {
+			sum.Failed++
+			if len(sum.Errors) < 10 {
+				sum.Errors = append(sum.Errors, err.Error())
+			}
+			continue
+		}
+		sum.OK++
+		sum.Pods[rep.Pod]++
+		sum.Last = rep
+	}
+	sum.Elapsed = time.Since(start).String()
+	return json.NewEncoder(os.Stdout).Encode(sum)
+}
+
+func once(client *http.Client, url string, headers []string) (*Reply, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range headers {
+		k, v, ok := strings.Cut(h, "=")
+		if !ok {
+			return nil, fmt.Errorf("header %q is not Name=Value", h)
+		}
+		req.Header.Add(k, v)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	var rep Reply
+	if err := json.Unmarshal(body, &rep); err != nil {
+		// Not our echo server (e.g. a developer's local app answering a stolen request): report the body.
+		return &Reply{Pod: "(non-echo) " + strings.TrimSpace(string(body))}, nil
+	}
+	return &rep, nil
+}
+

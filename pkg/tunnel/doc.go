@@ -1,0 +1,12 @@
+// Package tunnel is the wire between the kubectl-bridge CLI and the in-cluster agent: one yamux
+// session per developer session, carried over a port-forward to the agent's control port.
+//
+// The CLI opens the session and its first stream, the control stream, on which it presents its
+// session ID and token (Hello); the agent answers with Welcome, accepting or refusing with a reason.
+// From then on the agent opens one stream per intercepted connection (or, later, per routed HTTP
+// request), each prefixed by a small versioned Header frame telling the CLI which port, route, peer
+// and mode it carries. The CLI dials the local target and pipes bytes both ways.
+//
+// The package imports no Kubernetes code: the CLI side is given a Dial function (in production a
+// port-forward) and the agent side an Authenticator (in production backed by the session Leases).
+package tunnel

@@ -74,6 +74,9 @@ type Forwarder struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// OnEvent, if set, is told about every stream. It must not block.
 	OnEvent func(StreamEvent)
+	// OnResponse, if set, is given the copies of upstream answers that an agent configured to
+	// mirror responses sends; by default they are read and discarded.
+	OnResponse func(h *Header, r io.Reader)
 	// MirrorLinger is how long a mirrored local connection may stay open after the copy ended, to
 	// let the local app finish handling what it received; defaults to 5s.
 	MirrorLinger time.Duration
@@ -86,6 +89,17 @@ func StaticTarget(addr string) func(*Header) string {
 
 // ServeStream implements StreamHandler.
 func (f *Forwarder) ServeStream(ctx context.Context, h *Header, stream net.Conn) {
+	if h.Direction == DirectionResponse {
+		// An answer from the original pods, for observation: the local app must not see it.
+		defer func() { _ = stream.Close(); abortConn(stream) }()
+		stop := context.AfterFunc(ctx, func() { abortConn(stream) })
+		defer stop()
+		if f.OnResponse != nil {
+			f.OnResponse(h, stream)
+		}
+		_, _ = Copy(io.Discard, stream)
+		return
+	}
 	addr := f.Target(h)
 	dial := f.Dial
 	if dial == nil {

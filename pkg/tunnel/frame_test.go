@@ -170,6 +170,8 @@ func TestVerifyToken(t *testing.T) {
 		{"empty token", hash, "", false},
 		{"hash not hex", "zz", tok, false},
 		{"short hash", hash[:10], tok, false},
+		{"bare hex", strings.TrimPrefix(hash, TokenHashPrefix), tok, true},
+		{"other algorithm", "md5:" + strings.TrimPrefix(hash, TokenHashPrefix), tok, false},
 		{"token as hash", tok, tok, false},
 	}
 	for _, tt := range tests {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -175,7 +176,7 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, sessionID, token string) error
 }
 
-// TokenHashFunc is an Authenticator that looks up the hex SHA-256 of a session's token (in
+// TokenHashFunc is an Authenticator that looks up the hash (see HashToken) of a session's token (in
 // production, from the session's Lease) and compares in constant time.
 type TokenHashFunc func(ctx context.Context, sessionID string) (hash string, err error)
 
@@ -200,16 +201,20 @@ func NewToken() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
-// HashToken returns the hex SHA-256 of token: what the Lease carries instead of the token.
+// TokenHashPrefix names the hash algorithm in a stored token hash, so it can change later.
+const TokenHashPrefix = "sha256:"
+
+// HashToken returns "sha256:<hex>" of token: what the Lease carries instead of the token.
 func HashToken(token string) string {
 	sum := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(sum[:])
+	return TokenHashPrefix + hex.EncodeToString(sum[:])
 }
 
-// VerifyToken reports whether token hashes to hashHex, comparing in constant time so that the
-// time taken does not reveal how much of a guess was right.
-func VerifyToken(hashHex, token string) bool {
-	want, err := hex.DecodeString(hashHex)
+// VerifyToken reports whether token hashes to hash (as made by HashToken; a bare hex digest is
+// accepted too), comparing in constant time so that the time taken does not reveal how much of a
+// guess was right.
+func VerifyToken(hash, token string) bool {
+	want, err := hex.DecodeString(strings.TrimPrefix(hash, TokenHashPrefix))
 	if err != nil || len(want) != sha256.Size {
 		return false
 	}

@@ -1,0 +1,255 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
+)
+
+// MatchRule is one request-matching rule of an intercept, carried opaquely: the HTTP routing
+// package owns its meaning.
+type MatchRule struct {
+	Type, Name, Value string
+}
+
+// SessionSpec is what the agent knows of a session: in production, decoded from its Lease.
+type SessionSpec struct {
+	// ID is the session id.
+	ID string
+	// User is who runs it, for refusal messages.
+	User string
+	// Port is the intercepted Service port number; PortName its name, if any.
+	Port     int32
+	PortName string
+	// Mode is steal or mirror.
+	Mode tunnel.Mode
+	// Match holds per-request rules; empty means every connection of the port.
+	Match []MatchRule
+	// TokenHash is the hash of the session's tunnel token (tunnel.HashToken).
+	TokenHash string
+	// StartTime orders sessions: on equal specificity the older one wins.
+	StartTime time.Time
+}
+
+// InterceptsPort reports whether s intercepts port p (by number, or by name when both have one).
+func (s *SessionSpec) InterceptsPort(p *DataPort) bool {
+	if s.PortName != "" && p.Name != "" {
+		return s.PortName == p.Name
+	}
+	return s.Port == p.Port
+}
+
+// ErrUnknownSession is returned by a SessionStore for a session it does not know (yet).
+var ErrUnknownSession = errors.New("unknown session")
+
+// SessionStore looks up sessions as they attach. In production it reads the Leases of the
+// intercepted Service from an informer cache.
+type SessionStore interface {
+	// Lookup returns the spec of session id, or an error wrapping ErrUnknownSession.
+	Lookup(ctx context.Context, id string) (SessionSpec, error)
+}
+
+// StaticSessions is a SessionStore holding a fixed set of sessions, for tests and for running the
+// agent by hand.
+type StaticSessions map[string]SessionSpec
+
+// Lookup implements SessionStore.
+func (m StaticSessions) Lookup(_ context.Context, id string) (SessionSpec, error) {
+	s, ok := m[id]
+	if !ok {
+		return SessionSpec{}, fmt.Errorf("session %s: %w", id, ErrUnknownSession)
+	}
+	return s, nil
+}
+
+// DefaultAdmit is the admission policy of the per-connection router: one catch-all steal per port
+// (a second would never get traffic), and no match rules, which need the HTTP router. Mirrors
+// always coexist. The refusal names the other session's user, so the CLI can tell whom to ask.
+func DefaultAdmit(candidate SessionSpec, live []SessionSpec) error {
+	if len(candidate.Match) > 0 {
+		return errors.New("request match rules are not supported by this agent yet; intercept the whole port instead")
+	}
+	if candidate.Mode != tunnel.ModeSteal {
+		return nil
+	}
+	for _, other := range live {
+		if other.ID == candidate.ID || other.Mode != tunnel.ModeSteal {
+			continue
+		}
+		if samePort(candidate, other) {
+			return fmt.Errorf("port %s is already intercepted (steal) by %s in session %s", portLabel(candidate), userLabel(other.User), other.ID)
+		}
+	}
+	return nil
+}
+
+func samePort(a, b SessionSpec) bool {
+	if a.PortName != "" && b.PortName != "" {
+		return a.PortName == b.PortName
+	}
+	return a.Port == b.Port
+}
+
+func portLabel(s SessionSpec) string {
+	if s.PortName != "" {
+		return fmt.Sprintf("%d (%s)", s.Port, s.PortName)
+	}
+	return fmt.Sprint(s.Port)
+}
+
+func userLabel(u string) string {
+	if u == "" {
+		return "another user"
+	}
+	return u
+}
+
+// Session is a live, attached CLI session.
+type Session struct {
+	// Spec is the session as looked up when it attached.
+	Spec SessionSpec
+	// Attached is when the tunnel was accepted.
+	Attached time.Time
+
+	mux    *yamux.Session
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+// Done is closed when the session detaches; in-flight stolen connections end with it.
+func (s *Session) Done() <-chan struct{} { return s.ctx.Done() }
+
+// OpenStream opens a stream to the session's laptop, prefixed with h. The stream is aborted if the
+// session detaches.
+func (s *Session) OpenStream(h *tunnel.Header) (net.Conn, error) {
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open stream to session %s: %w", s.Spec.ID, err)
+	}
+	if err := tunnel.WriteHeader(st, h); err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("open stream to session %s: %w", s.Spec.ID, err)
+	}
+	return st, nil
+}
+
+// close ends the session: closing the yamux session closes every stream on it, the control stream
+// included, so the CLI notices at once.
+func (s *Session) close(cause error) {
+	s.cancel(cause)
+	_ = s.mux.Close()
+}
+
+// SessionEventKind says what happened to a session.
+type SessionEventKind string
+
+const (
+	// SessionAttached: the session is admitted and routes traffic.
+	SessionAttached SessionEventKind = "Attached"
+	// SessionRefused: authentication or admission refused the session.
+	SessionRefused SessionEventKind = "Refused"
+	// SessionDetached: the tunnel dropped or the session was evicted.
+	SessionDetached SessionEventKind = "Detached"
+)
+
+// SessionEvent reports a session's admission or departure.
+type SessionEvent struct {
+	Kind      SessionEventKind
+	SessionID string
+	// Spec is set when the session was known.
+	Spec *SessionSpec
+	// Reason says why it was refused or detached.
+	Reason string
+	// Retryable is set on refusals that may clear by themselves (the Lease not seen yet).
+	Retryable bool
+}
+
+// registry holds the live sessions.
+type registry struct {
+	mu   sync.Mutex
+	byID map[string]*Session
+}
+
+func newRegistry() *registry { return &registry{byID: map[string]*Session{}} }
+
+// admit checks s against the live sessions and registers it, atomically so that two sessions
+// attaching at once cannot both take a port. A live session with the same ID is the same CLI
+// reconnecting (its old tunnel may not have noticed it is dead): it is replaced and returned.
+func (r *registry) admit(s *Session, admit func(SessionSpec, []SessionSpec) error) (replaced *Session, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	live := make([]SessionSpec, 0, len(r.byID))
+	for id, other := range r.byID {
+		if id != s.Spec.ID {
+			live = append(live, other.Spec)
+		}
+	}
+	if err := admit(s.Spec, live); err != nil {
+		return nil, err
+	}
+	replaced = r.byID[s.Spec.ID]
+	r.byID[s.Spec.ID] = s
+	return replaced, nil
+}
+
+// remove unregisters s if it is still the registered session for its ID.
+func (r *registry) remove(s *Session) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.byID[s.Spec.ID] != s {
+		return false
+	}
+	delete(r.byID, s.Spec.ID)
+	return true
+}
+
+func (r *registry) get(id string) *Session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.byID[id]
+}
+
+// forPort returns the live sessions intercepting p, oldest first (ties broken by ID so that the
+// order, and thus routing, is deterministic).
+func (r *registry) forPort(p *DataPort) []*Session {
+	r.mu.Lock()
+	var out []*Session
+	for _, s := range r.byID {
+		if s.Spec.InterceptsPort(p) {
+			out = append(out, s)
+		}
+	}
+	r.mu.Unlock()
+	slices.SortFunc(out, func(a, b *Session) int {
+		if c := a.Spec.StartTime.Compare(b.Spec.StartTime); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Spec.ID, b.Spec.ID)
+	})
+	return out
+}
+
+func (r *registry) all() []*Session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Session, 0, len(r.byID))
+	for _, s := range r.byID {
+		out = append(out, s)
+	}
+	return out
+}
+
+func (r *registry) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.byID)
+}

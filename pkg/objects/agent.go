@@ -1,0 +1,246 @@
+package objects
+
+import (
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+)
+
+// AgentUser is the uid and gid the agent runs as: non-root, as Pod Security "restricted" demands.
+const AgentUser int64 = 65532
+
+// AgentPort is a port the agent container listens on.
+type AgentPort struct {
+	// Name is the container port name; it must equal the original pods' port name when the
+	// Service's targetPort refers to it by name.
+	Name string
+	// Port is the container port number.
+	Port int32
+}
+
+// AgentParams are the inputs of the agent Job and its RBAC.
+type AgentParams struct {
+	// Namespace and Service identify the intercepted Service.
+	Namespace, Service string
+	// Image is the agent image reference.
+	Image string
+	// ImagePullPolicy defaults to IfNotPresent.
+	ImagePullPolicy corev1.PullPolicy
+	// ImagePullSecrets are names of Secrets in Namespace.
+	ImagePullSecrets []string
+	// Resources of the agent container.
+	Resources corev1.ResourceRequirements
+	// ActiveDeadline is the Job's last-resort lifetime.
+	ActiveDeadline time.Duration
+	// ServiceAccount, when set, is an existing account (installed by an admin) and no RBAC is built.
+	ServiceAccount string
+	// DataPorts are the ports the Service's targetPorts resolve to; ControlPort and HealthPort
+	// carry the tunnels and the probes/metrics.
+	DataPorts               []AgentPort
+	ControlPort, HealthPort int32
+	// Args are the agent's command-line arguments.
+	Args []string
+}
+
+// ControlPortName and HealthPortName name the agent's own container ports.
+const (
+	ControlPortName = "bridge-control"
+	HealthPortName  = "bridge-health"
+)
+
+// AgentServiceAccountName is the ServiceAccount the agent pod runs as.
+func (p AgentParams) AgentServiceAccountName() string {
+	if p.ServiceAccount != "" {
+		return p.ServiceAccount
+	}
+	return AgentName(p.Service)
+}
+
+// AgentJob builds the agent Job. It is created suspended so that the objects it owns (RBAC,
+// shadow Service) can be created with an owner reference to it before its pod starts; Resume
+// unsuspends it.
+func AgentJob(p AgentParams) *batchv1.Job {
+	name := AgentName(p.Service)
+	lbls := CommonLabels(p.Service, ComponentAgent)
+	podLabels := merge(lbls, AgentSelector(p.Service))
+
+	ports := make([]corev1.ContainerPort, 0, len(p.DataPorts)+2)
+	lowPort := false
+	for _, dp := range p.DataPorts {
+		ports = append(ports, corev1.ContainerPort{Name: dp.Name, ContainerPort: dp.Port, Protocol: corev1.ProtocolTCP})
+		if dp.Port < 1024 {
+			lowPort = true
+		}
+	}
+	ports = append(ports,
+		corev1.ContainerPort{Name: ControlPortName, ContainerPort: p.ControlPort, Protocol: corev1.ProtocolTCP},
+		corev1.ContainerPort{Name: HealthPortName, ContainerPort: p.HealthPort, Protocol: corev1.ProtocolTCP},
+	)
+	podSec := &corev1.PodSecurityContext{
+		RunAsNonRoot:   ptr.To(true),
+		RunAsUser:      ptr.To(AgentUser),
+		RunAsGroup:     ptr.To(AgentUser),
+		SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+	if lowPort {
+		// A non-root process may bind ports below 1024 only with this namespaced sysctl, which
+		// Pod Security "restricted" allows; no capability is needed.
+		podSec.Sysctls = []corev1.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}}
+	}
+	pullPolicy := p.ImagePullPolicy
+	if pullPolicy == "" {
+		pullPolicy = corev1.PullIfNotPresent
+	}
+	var pullSecrets []corev1.LocalObjectReference
+	for _, s := range p.ImagePullSecrets {
+		pullSecrets = append(pullSecrets, corev1.LocalObjectReference{Name: s})
+	}
+	probe := func(path string) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromString(HealthPortName)}},
+			PeriodSeconds: 1, FailureThreshold: 3, TimeoutSeconds: 1,
+		}
+	}
+	liveness := probe("/healthz")
+	liveness.PeriodSeconds = 5
+	return &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: p.Namespace, Labels: lbls},
+		Spec: batchv1.JobSpec{
+			Suspend:               ptr.To(true),
+			Parallelism:           ptr.To[int32](1),
+			Completions:           ptr.To[int32](1),
+			ActiveDeadlineSeconds: ptr.To(int64(p.ActiveDeadline / time.Second)),
+			// The agent is replaced whenever its pod dies (deleted, evicted, crashed); the
+			// deadline, not the backoff limit, bounds its life.
+			BackoffLimit:            ptr.To[int32](1000),
+			TTLSecondsAfterFinished: ptr.To[int32](60),
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
+				Spec: corev1.PodSpec{
+					RestartPolicy:                 corev1.RestartPolicyOnFailure,
+					ServiceAccountName:            p.AgentServiceAccountName(),
+					AutomountServiceAccountToken:  ptr.To(true),
+					EnableServiceLinks:            ptr.To(false),
+					TerminationGracePeriodSeconds: ptr.To[int64](10),
+					SecurityContext:               podSec,
+					ImagePullSecrets:              pullSecrets,
+					Containers: []corev1.Container{{
+						Name:            "agent",
+						Image:           p.Image,
+						ImagePullPolicy: pullPolicy,
+						Args:            p.Args,
+						Ports:           ports,
+						Env: []corev1.EnvVar{
+							{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+							{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+						},
+						Resources:      p.Resources,
+						ReadinessProbe: probe("/readyz"),
+						LivenessProbe:  liveness,
+						SecurityContext: &corev1.SecurityContext{
+							AllowPrivilegeEscalation: ptr.To(false),
+							ReadOnlyRootFilesystem:   ptr.To(true),
+							RunAsNonRoot:             ptr.To(true),
+							Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+							SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+						},
+					}},
+				},
+			},
+		},
+	}
+}
+
+// OwnedBy returns an owner reference to the agent Job, so that garbage collection removes the
+// owned object when the Job goes.
+func OwnedBy(job *batchv1.Job) []metav1.OwnerReference {
+	return []metav1.OwnerReference{*metav1.NewControllerRef(job, batchv1.SchemeGroupVersion.WithKind("Job"))}
+}
+
+// AgentServiceAccount builds the agent's ServiceAccount, owned by its Job.
+func AgentServiceAccount(p AgentParams, job *batchv1.Job) *corev1.ServiceAccount {
+	return &corev1.ServiceAccount{ObjectMeta: agentMeta(p, job)}
+}
+
+// AgentRules are exactly the permissions the agent needs: follow and re-switch its Service, manage
+// its shadow Service, read session Leases and write their admission status, record Events, and
+// delete its own Job when the last session is gone. `doctor --print-rbac` prints the same rules.
+func AgentRules(service string) []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"patch", "update"},
+			ResourceNames: []string{service}},
+		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"delete"},
+			ResourceNames: []string{ShadowName(service)}},
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "update", "patch"}},
+		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
+		{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		{APIGroups: []string{"batch"}, Resources: []string{"jobs"}, Verbs: []string{"get", "delete"},
+			ResourceNames: []string{AgentName(service)}},
+	}
+}
+
+// AgentRole builds the agent's Role, owned by its Job.
+func AgentRole(p AgentParams, job *batchv1.Job) *rbacv1.Role {
+	return &rbacv1.Role{ObjectMeta: agentMeta(p, job), Rules: AgentRules(p.Service)}
+}
+
+// AgentRoleBinding binds the agent's Role to its ServiceAccount, owned by its Job.
+func AgentRoleBinding(p AgentParams, job *batchv1.Job) *rbacv1.RoleBinding {
+	name := AgentName(p.Service)
+	return &rbacv1.RoleBinding{
+		ObjectMeta: agentMeta(p, job),
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: p.AgentServiceAccountName(), Namespace: p.Namespace}},
+	}
+}
+
+func agentMeta(p AgentParams, job *batchv1.Job) metav1.ObjectMeta {
+	return metav1.ObjectMeta{
+		Name:            AgentName(p.Service),
+		Namespace:       p.Namespace,
+		Labels:          CommonLabels(p.Service, ComponentAgent),
+		OwnerReferences: OwnedBy(job),
+	}
+}
+
+// ShadowService builds the shadow Service of svc: the same ports, the original selector and a
+// ClusterIP of its own, so that the agent can reach the original pods however they roll out.
+func ShadowService(svc *corev1.Service, job *batchv1.Job) *corev1.Service {
+	ports := make([]corev1.ServicePort, 0, len(svc.Spec.Ports))
+	for _, sp := range svc.Spec.Ports {
+		ports = append(ports, corev1.ServicePort{
+			Name: sp.Name, Protocol: sp.Protocol, Port: sp.Port, TargetPort: sp.TargetPort, AppProtocol: sp.AppProtocol,
+		})
+	}
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            ShadowName(svc.Name),
+			Namespace:       svc.Namespace,
+			Labels:          CommonLabels(svc.Name, ComponentShadow),
+			OwnerReferences: OwnedBy(job),
+		},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeClusterIP,
+			Selector: OriginalSelector(svc),
+			Ports:    ports,
+		},
+	}
+}
+
+// OriginalSelector is the Service's selector before any switch: the saved annotation when the
+// Service is switched, else its current selector.
+func OriginalSelector(svc *corev1.Service) map[string]string {
+	if raw, ok := svc.Annotations[AnnotationOriginalSelector]; ok {
+		if sel, err := DecodeSelector(raw); err == nil {
+			return sel
+		}
+	}
+	return svc.Spec.Selector
+}
+

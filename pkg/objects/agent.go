@@ -243,4 +243,3 @@ func OriginalSelector(svc *corev1.Service) map[string]string {
 	}
 	return svc.Spec.Selector
 }
-

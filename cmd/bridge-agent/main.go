@@ -2,11 +2,19 @@
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/agent/app"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "bridge-agent: not implemented yet")
-	os.Exit(1)
+	// SIGTERM is how the kubelet stops the pod: cancel, and let the agent drain within its grace.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := app.NewCommand("").ExecuteContext(ctx); err != nil {
+		os.Exit(1)
+	}
 }

@@ -70,14 +70,18 @@ func (k ServiceKey) String() string { return k.Namespace + "/" + k.Name }
 func (inv *Inventory) LiveIntercepts(key ServiceKey, now time.Time) []session.Info {
 	var out []session.Info
 	for _, s := range inv.Sessions {
-		if s.Kind == session.KindIntercept && s.Lease.Namespace == key.Namespace && interceptService(s) == key.Name && !s.Expired(now) {
+		if s.Kind == session.KindIntercept && s.Lease.Namespace == key.Namespace && InterceptService(s) == key.Name && !s.Expired(now) {
 			out = append(out, s)
 		}
 	}
 	return out
 }
 
-func interceptService(s session.Info) string {
+// InterceptService is the Service an intercept session is on ("" for other kinds).
+func InterceptService(s session.Info) string {
+	if s.Kind != session.KindIntercept {
+		return ""
+	}
 	if s.Spec.Intercept != nil {
 		return s.Spec.Intercept.Service
 	}

@@ -49,7 +49,7 @@ var (
 
 // APIVersion and kinds of the objects `list -o json|yaml|name` prints.
 const (
-	APIVersion = "kubectl-bridge.io/v1alpha1"
+	APIVersion  = "kubectl-bridge.io/v1alpha1"
 	KindSession = "Session"
 	KindOrphan  = "Orphan"
 )
@@ -332,4 +332,3 @@ func ptrString(p *string) string {
 	}
 	return *p
 }
-

@@ -1,0 +1,3 @@
+module github.com/kubectl-bridge/kubectl-bridge/hack/localkube/pause
+
+go 1.24.0

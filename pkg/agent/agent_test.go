@@ -615,3 +615,42 @@ func TestUpstreamDown(t *testing.T) {
 	}
 	waitMetrics(t, a, `bridge_agent_connections_total{outcome="upstream_error",port="http"} 1`)
 }
+
+// TestShutdownDrains: on SIGTERM the agent stops accepting, detaches sessions, and lets in-flight
+// connections finish within the grace.
+func TestShutdownDrains(t *testing.T) {
+	a := startAgent(t, agent.StaticSessions{"s1": spec("s1", "tok", tunnel.ModeSteal, "alice")},
+		lineServer(t, "upstream").Addr().String(), lineServer(t, "admin").Addr().String(), nil)
+	c := startCLI(t, a, "s1", "tok", lineServer(t, "laptop").Addr().String())
+	c.waitState(t, tunnel.StateConnected)
+	waitSessions(t, a, 1)
+	inflight, err := net.Dial("tcp", a.Addr("admin").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := roundTrip(t, inflight, "before"); got != "admin:before" {
+		t.Fatalf("got %q", got)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- a.Shutdown(ctx)
+	}()
+	c.waitState(t, tunnel.StateDisconnected)
+	if got := roundTrip(t, inflight, "during"); got != "admin:during" {
+		t.Fatalf("in-flight connection broken by shutdown: %q", got)
+	}
+	if _, err := net.Dial("tcp", a.Addr("admin").String()); err == nil {
+		t.Error("agent still accepts during shutdown")
+	}
+	_ = inflight.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("shutdown did not finish after the last connection closed")
+	}
+}

@@ -36,9 +36,12 @@ type Server struct {
 	nextConn atomic.Uint64
 	ready    atomic.Bool
 
-	// ctx is cancelled when shutdown starts; per-connection work derives from it.
+	// ctx is cancelled when shutdown ends; sessions and per-connection work derive from it.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// handshakes is cancelled when shutdown starts, so that half-open tunnels do not hold it up.
+	handshakes     context.Context
+	stopHandshakes context.CancelFunc
 
 	mu        sync.Mutex
 	started   bool
@@ -62,15 +65,18 @@ func New(cfg Config) (*Server, error) {
 		cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	hctx, hcancel := context.WithCancel(ctx)
 	return &Server{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		metrics: newMetrics(cfg.Registry),
-		reg:     newRegistry(),
-		ctx:     ctx,
-		cancel:  cancel,
-		dataLns: map[string]net.Listener{},
-		conns:   map[net.Conn]struct{}{},
+		handshakes:     hctx,
+		stopHandshakes: hcancel,
+		cfg:            cfg,
+		log:            cfg.Logger,
+		metrics:        newMetrics(cfg.Registry),
+		reg:            newRegistry(),
+		ctx:            ctx,
+		cancel:         cancel,
+		dataLns:        map[string]net.Listener{},
+		conns:          map[net.Conn]struct{}{},
 	}, nil
 }
 
@@ -143,6 +149,7 @@ func (s *Server) abortStart(err error) error {
 // lets other in-flight connections finish until ctx ends, then closes whatever is left.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.ready.Store(false)
+	s.stopHandshakes()
 	s.mu.Lock()
 	lns := []net.Listener{s.controlLn}
 	for _, ln := range s.dataLns {
@@ -355,7 +362,7 @@ func (s *Server) serveTunnel(conn net.Conn) {
 		return
 	}
 	auth := &sessionAuth{srv: s, mux: mux}
-	ctrl, hello, err := tunnel.ServerHandshake(s.ctx, mux, auth, s.cfg.Version, s.cfg.HandshakeTimeout)
+	ctrl, hello, err := tunnel.ServerHandshake(s.handshakes, mux, auth, s.cfg.Version, s.cfg.HandshakeTimeout)
 	if err != nil {
 		_ = mux.Close()
 		var refused *tunnel.RefusedError

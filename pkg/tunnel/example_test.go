@@ -36,6 +36,6 @@ func ExampleClient() {
 		panic(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // the example does not actually connect
+	cancel()            // the example does not actually connect
 	_ = client.Run(ctx) // returns nil when ctx ends, a *RefusedError if the agent refuses for good
 }

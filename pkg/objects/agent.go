@@ -167,7 +167,8 @@ func AgentServiceAccount(p AgentParams, job *batchv1.Job) *corev1.ServiceAccount
 	return &corev1.ServiceAccount{ObjectMeta: agentMeta(p, job)}
 }
 
-// AgentRules are exactly the permissions the agent needs: follow and re-switch its Service, manage
+// AgentRules are exactly the permissions the agent needs: follow and re-switch its Service, see its
+// own pod's readiness, manage
 // its shadow Service, read session Leases and write their admission status, record Events, and
 // delete its own Job when the last session is gone. `doctor --print-rbac` prints the same rules.
 func AgentRules(service string) []rbacv1.PolicyRule {
@@ -177,6 +178,8 @@ func AgentRules(service string) []rbacv1.PolicyRule {
 			ResourceNames: []string{service}},
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"delete"},
 			ResourceNames: []string{ShadowName(service)}},
+		// Its own pod, to switch the Service only once the kubelet reports the agent Ready.
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
 		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "update", "patch"}},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},

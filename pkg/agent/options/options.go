@@ -46,6 +46,13 @@ type Options struct {
 	// a cluster, for running the agent by hand and for tests.
 	StaticSessions []string
 
+	// Service, when set, runs the agent in the cluster for that Service: sessions come from their
+	// Leases, and the agent keeps the Service switched and restores it (package agentcontrol).
+	Service string
+	// IdleGrace is how long the agent waits with no live session before it restores the Service
+	// and removes itself.
+	IdleGrace time.Duration
+
 	// Namespace and PodName come from the environment (downward API); they label the logs.
 	Namespace, PodName string
 }
@@ -59,6 +66,7 @@ func NewOptions() *Options {
 		MirrorStall:   agent.DefaultMirrorStall,
 		ShutdownGrace: agent.DefaultShutdownGrace,
 		LogLevel:      "info",
+		IdleGrace:     30 * time.Second,
 		Namespace:     os.Getenv(EnvNamespace),
 		PodName:       os.Getenv(EnvPodName),
 	}
@@ -76,6 +84,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.MirrorResponses, "mirror-responses", o.MirrorResponses, "Also send mirroring sessions a copy of the original pods' answers")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", o.ShutdownGrace, "How long in-flight connections may finish after SIGTERM")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "Log level: debug, info, warn or error")
+	fs.StringVar(&o.Service, "service", o.Service, "The intercepted Service (in $POD_NAMESPACE): sessions come from its Leases and the agent keeps its selector switched")
+	fs.DurationVar(&o.IdleGrace, "idle-grace", o.IdleGrace, "With --service: how long to wait with no live session before restoring the Service and exiting")
 	fs.StringArrayVar(&o.StaticSessions, "static-session", o.StaticSessions,
 		"A session known without a cluster, ID=TOKEN_HASH=PORT/MODE (e.g. s1=sha256:…=80/steal); for running the agent by hand")
 }
@@ -101,6 +111,9 @@ func (o *Options) Validate() error {
 	}
 	if o.ControlPort == o.HealthPort {
 		errs = append(errs, errors.New("--control-port and --health-port must differ"))
+	}
+	if o.Service != "" && (o.Namespace == "" || o.PodName == "") {
+		errs = append(errs, fmt.Errorf("--service needs $%s and $%s (downward API)", EnvNamespace, EnvPodName))
 	}
 	if o.MirrorBuffer < 64<<10 {
 		errs = append(errs, fmt.Errorf("--mirror-buffer %d is below 64KiB", o.MirrorBuffer))

@@ -1,0 +1,395 @@
+// Package agentcontrol is the agent's Kubernetes side: it knows the intercepted Service's sessions
+// from their Leases (an informer), authenticates and reports admission onto them, evicts sessions
+// whose Lease expired or was deleted, keeps the Service switched while sessions live (re-applying
+// the switch when someone resets the selector, with an Event), and puts everything back when the
+// last session has been gone for the grace period, when the Service is deleted, or when the agent
+// pod is stopped. It plugs into package agent's data plane through agent.SessionStore and
+// agent.Config.OnSessionEvent.
+package agentcontrol
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	coordinationlisters "k8s.io/client-go/listers/coordination/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
+
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/agent"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/cleanup"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/inventory"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/redirect"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/session"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
+)
+
+// DefaultIdleGrace is how long the agent waits with no live session before it restores the
+// Service and removes itself.
+const DefaultIdleGrace = 30 * time.Second
+
+// Config configures a Controller.
+type Config struct {
+	Client kubernetes.Interface
+	// Namespace and Service name the intercepted Service.
+	Namespace, Service string
+	// PodName is the agent pod's name, written into session statuses.
+	PodName string
+	// IdleGrace defaults to DefaultIdleGrace.
+	IdleGrace time.Duration
+	// Interval is how often expiry, idleness and the selector are checked (default 1s); informer
+	// events trigger a check at once too.
+	Interval time.Duration
+	Logger   *slog.Logger
+	Clock    clock.WithTicker
+}
+
+// Evicter is the part of the data plane the controller drives.
+type Evicter interface {
+	Sessions() []agent.SessionSpec
+	Evict(id, reason string) bool
+}
+
+// Controller follows the Service and its session Leases.
+type Controller struct {
+	cfg      Config
+	log      *slog.Logger
+	factory  informers.SharedInformerFactory
+	svcs     informers.SharedInformerFactory
+	leases   coordinationlisters.LeaseLister
+	services corelisters.ServiceLister
+	kick     chan struct{}
+	statuses chan statusUpdate
+	recorder record.EventRecorder
+	bcast    record.EventBroadcaster
+
+	mu        sync.Mutex
+	idleSince time.Time
+	podReady  bool
+}
+
+type statusUpdate struct {
+	id     string
+	status session.Status
+}
+
+// New builds a Controller; Start runs its informers.
+func New(cfg Config) *Controller {
+	if cfg.IdleGrace <= 0 {
+		cfg.IdleGrace = DefaultIdleGrace
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	sel := labels.SelectorFromSet(labels.Set{
+		session.LabelManagedBy: session.ManagedBy,
+		session.LabelKind:      string(session.KindIntercept),
+		session.LabelService:   cfg.Service,
+	}).String()
+	c := &Controller{
+		cfg: cfg, log: log,
+		factory: informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0, informers.WithNamespace(cfg.Namespace),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel })),
+		svcs: informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0, informers.WithNamespace(cfg.Namespace),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.Service).String()
+			})),
+		kick:     make(chan struct{}, 1),
+		statuses: make(chan statusUpdate, 64),
+	}
+	c.leases = c.factory.Coordination().V1().Leases().Lister()
+	c.services = c.svcs.Core().V1().Services().Lister()
+	return c
+}
+
+// Start runs the informers and waits for their caches, then starts the Event recorder.
+func (c *Controller) Start(ctx context.Context) error {
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { c.poke() },
+		UpdateFunc: func(any, any) { c.poke() },
+		DeleteFunc: func(any) { c.poke() },
+	}
+	if _, err := c.factory.Coordination().V1().Leases().Informer().AddEventHandler(handler); err != nil {
+		return err
+	}
+	if _, err := c.svcs.Core().V1().Services().Informer().AddEventHandler(handler); err != nil {
+		return err
+	}
+	c.factory.Start(ctx.Done())
+	c.svcs.Start(ctx.Done())
+	for typ, ok := range c.factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("sync %v cache", typ)
+		}
+	}
+	for typ, ok := range c.svcs.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("sync %v cache", typ)
+		}
+	}
+	c.bcast = record.NewBroadcaster(record.WithContext(ctx))
+	c.bcast.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events(c.cfg.Namespace)})
+	c.recorder = c.bcast.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "bridge-agent"})
+	go c.writeStatuses(ctx)
+	return nil
+}
+
+func (c *Controller) poke() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Lookup implements agent.SessionStore from the Lease cache.
+func (c *Controller) Lookup(_ context.Context, id string) (agent.SessionSpec, error) {
+	lease, err := c.leases.Leases(c.cfg.Namespace).Get(session.LeaseName(id))
+	if apierrors.IsNotFound(err) {
+		return agent.SessionSpec{}, fmt.Errorf("session %s: %w", id, agent.ErrUnknownSession)
+	}
+	if err != nil {
+		return agent.SessionSpec{}, err
+	}
+	info := session.FromLease(lease)
+	if info.SpecErr != nil {
+		return agent.SessionSpec{}, tunnel.Refuse(fmt.Sprintf("session %s: %v (upgrade kubectl-bridge's agent: clean svc/%s)", id, info.SpecErr, c.cfg.Service))
+	}
+	if info.Expired(c.cfg.Clock.Now()) {
+		return agent.SessionSpec{}, tunnel.Refuse(fmt.Sprintf("session %s: its Lease expired", id))
+	}
+	return SpecOf(info)
+}
+
+// SpecOf converts a session Lease into what the data plane knows of a session.
+func SpecOf(info session.Info) (agent.SessionSpec, error) {
+	ic := info.Spec.Intercept
+	if ic == nil {
+		return agent.SessionSpec{}, tunnel.Refuse(fmt.Sprintf("session %s is not an intercept", info.ID))
+	}
+	mode, err := tunnel.ParseMode(ic.Mode)
+	if err != nil {
+		return agent.SessionSpec{}, tunnel.Refuse(fmt.Sprintf("session %s: %v", info.ID, err))
+	}
+	spec := agent.SessionSpec{
+		ID: info.ID, User: info.Spec.User, Port: ic.Port, PortName: ic.PortName, Mode: mode,
+		TokenHash: ic.TokenHash, StartTime: info.Spec.StartTime,
+	}
+	if info.Spec.Host != "" {
+		spec.User = fmt.Sprintf("%s on %s", orUnknown(info.Spec.User), info.Spec.Host)
+	}
+	for _, m := range ic.Match {
+		spec.Match = append(spec.Match, agent.MatchRule{Type: m.Type, Name: m.Name, Value: m.Value})
+	}
+	return spec, nil
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown user"
+	}
+	return s
+}
+
+// OnSessionEvent writes admission results onto the sessions' Leases, off the data path.
+func (c *Controller) OnSessionEvent(ev agent.SessionEvent) {
+	var st session.Status
+	switch {
+	case ev.Kind == agent.SessionAttached:
+		st = session.Status{Phase: session.PhaseActive}
+	case ev.Kind == agent.SessionRefused && !ev.Retryable:
+		st = session.Status{Phase: session.PhaseRejected, Reason: "Refused", Message: ev.Reason}
+	default:
+		return
+	}
+	st.Agent = c.cfg.PodName
+	st.ObservedTime = c.cfg.Clock.Now()
+	select {
+	case c.statuses <- statusUpdate{ev.SessionID, st}:
+	default:
+		c.log.Warn("status queue full, dropping status", "session", ev.SessionID, "phase", st.Phase)
+	}
+}
+
+func (c *Controller) writeStatuses(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case u := <-c.statuses:
+			if err := session.SetStatus(ctx, c.cfg.Client.CoordinationV1(), c.cfg.Namespace, u.id, u.status); err != nil {
+				c.log.Warn("write session status", "session", u.id, "err", err)
+			}
+		}
+	}
+}
+
+// Outcome says why Run returned.
+type Outcome string
+
+const (
+	// OutcomeStopped: the context ended (the pod is being stopped).
+	OutcomeStopped Outcome = "stopped"
+	// OutcomeIdle: no live session for the grace period; everything was put back.
+	OutcomeIdle Outcome = "idle"
+	// OutcomeServiceDeleted: the intercepted Service was deleted; the agent's objects were removed.
+	OutcomeServiceDeleted Outcome = "service-deleted"
+)
+
+// Run checks sessions, idleness and the selector until ctx ends or there is nothing left to do.
+func (c *Controller) Run(ctx context.Context, srv Evicter) (Outcome, error) {
+	tick := c.cfg.Clock.NewTicker(c.cfg.Interval)
+	defer tick.Stop()
+	for {
+		if out, done, err := c.check(ctx, srv); done || err != nil {
+			return out, err
+		}
+		select {
+		case <-ctx.Done():
+			return OutcomeStopped, nil
+		case <-tick.C():
+		case <-c.kick:
+		}
+	}
+}
+
+func (c *Controller) check(ctx context.Context, srv Evicter) (Outcome, bool, error) {
+	now := c.cfg.Clock.Now()
+	live := c.liveSessions(now)
+	for _, s := range srv.Sessions() {
+		if !live[s.ID] {
+			if srv.Evict(s.ID, "session lease expired or deleted") {
+				c.log.Info("evicted session", "session", s.ID)
+			}
+		}
+	}
+
+	svc, err := c.services.Services(c.cfg.Namespace).Get(c.cfg.Service)
+	if apierrors.IsNotFound(err) {
+		c.log.Info("intercepted service deleted, removing the agent")
+		return OutcomeServiceDeleted, true, c.teardown(ctx)
+	}
+	if err != nil {
+		return "", false, err
+	}
+
+	if len(live) == 0 {
+		c.mu.Lock()
+		if c.idleSince.IsZero() {
+			c.idleSince = now
+		}
+		idle := now.Sub(c.idleSince)
+		c.mu.Unlock()
+		if idle >= c.cfg.IdleGrace {
+			c.log.Info("no live session for the grace period, restoring the service", "grace", c.cfg.IdleGrace)
+			return OutcomeIdle, true, c.teardown(ctx)
+		}
+		return "", false, nil
+	}
+	c.mu.Lock()
+	c.idleSince = time.Time{}
+	c.mu.Unlock()
+
+	if !redirect.Switched(svc) && c.ready(ctx) {
+		res, err := redirect.Switch(ctx, c.cfg.Client.CoreV1(), c.cfg.Namespace, c.cfg.Service)
+		if err != nil {
+			c.log.Warn("re-apply selector switch", "err", err)
+			return "", false, nil
+		}
+		if res != redirect.Unchanged {
+			c.log.Info("selector switched to the agent", "result", res)
+			if res == redirect.Reapplied && c.recorder != nil {
+				c.recorder.Eventf(svc, corev1.EventTypeWarning, "SelectorReapplied",
+					"kubectl-bridge: the selector was reset while %d intercept session(s) are live; switched back to the agent (the new selector will be restored when they end)", len(live))
+			}
+		}
+	}
+	return "", false, nil
+}
+
+// ready reports whether the kubelet considers the agent pod Ready: only then do its EndpointSlice
+// entries carry traffic, so only then may the Service be switched to it. Once Ready, always Ready
+// for this process: a pod that stops being Ready is restarted or replaced, not re-checked.
+func (c *Controller) ready(ctx context.Context) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.podReady {
+		return true
+	}
+	pod, err := c.cfg.Client.CoreV1().Pods(c.cfg.Namespace).Get(ctx, c.cfg.PodName, metav1.GetOptions{})
+	if err != nil {
+		c.log.Warn("read own pod", "pod", c.cfg.PodName, "err", err)
+		return false
+	}
+	for _, cond := range pod.Status.Conditions {
+		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+			c.podReady = true
+		}
+	}
+	return c.podReady
+}
+
+// liveSessions are the unexpired, not rejected session Leases of the Service.
+func (c *Controller) liveSessions(now time.Time) map[string]bool {
+	leases, err := c.leases.Leases(c.cfg.Namespace).List(labels.Everything())
+	if err != nil {
+		return nil
+	}
+	live := map[string]bool{}
+	for _, l := range leases {
+		info := session.FromLease(l)
+		if info.Expired(now) || (info.Status != nil && info.Status.Phase == session.PhaseRejected) {
+			continue
+		}
+		live[info.ID] = true
+	}
+	return live
+}
+
+// Shutdown restores the Service's selector when the agent pod stops for any reason (deleted,
+// evicted, Job deleted or past its deadline): the original pods serve until a replacement agent
+// is Ready and switches it back for the live sessions, so a Service never points at a dead agent.
+func (c *Controller) Shutdown(ctx context.Context) error {
+	if _, err := redirect.Restore(ctx, c.cfg.Client.CoreV1(), c.cfg.Namespace, c.cfg.Service); err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	if c.bcast != nil {
+		c.bcast.Shutdown()
+	}
+	return nil
+}
+
+// teardown restores the Service and deletes the shadow Service and the agent Job; garbage
+// collection removes the agent's RBAC and pod, which the agent may not delete itself.
+func (c *Controller) teardown(ctx context.Context) error {
+	var acts []cleanup.Action
+	for _, a := range cleanup.ServiceTeardown(inventory.ServiceKey{Namespace: c.cfg.Namespace, Name: c.cfg.Service}, nil) {
+		if a.Kind == cleanup.KindService || a.Kind == cleanup.KindJob {
+			acts = append(acts, a)
+		}
+	}
+	if err := cleanup.Execute(ctx, c.cfg.Client, acts, false, io.Discard); err != nil {
+		return fmt.Errorf("put service %s/%s back: %w", c.cfg.Namespace, c.cfg.Service, err)
+	}
+	return nil
+}

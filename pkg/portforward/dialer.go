@@ -1,0 +1,124 @@
+// Package portforward multiplexes many TCP connections over one Kubernetes port-forward
+// connection per pod.
+//
+// client-go's PortForwarder binds listeners to a single pod and closes its whole connection when
+// one forwarded TCP connection reports an error (kubernetes#111825). This package instead keeps one
+// upgraded connection (httpstream.Connection) per pod in a Pool and opens an error stream plus a
+// data stream per TCP connection, with the same headers as client-go, so that:
+//   - a connection reset by the application ends only that stream;
+//   - a connection the kubelet closes is replaced on the next Dial;
+//   - callers choose the pod per connection (load spreading, pod restarts).
+//
+// A Stream is a net.Conn, so it also carries other protocols (e.g. a yamux session to an agent).
+package portforward
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync/atomic"
+
+	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/client-go/rest"
+	clientportforward "k8s.io/client-go/tools/portforward"
+	"k8s.io/client-go/transport/spdy"
+	"k8s.io/klog/v2"
+)
+
+// PodRef names a pod.
+type PodRef struct {
+	Namespace string
+	Name      string
+}
+
+// String returns namespace/name.
+func (p PodRef) String() string { return p.Namespace + "/" + p.Name }
+
+// ConnectionDialer opens a port-forward connection to a pod. The connection must have negotiated
+// the portforward.k8s.io protocol.
+type ConnectionDialer interface {
+	DialPod(ctx context.Context, pod PodRef) (httpstream.Connection, error)
+}
+
+// RESTDialer dials pods/portforward through the API server the way kubectl does: WebSocket
+// (SPDY tunnelled over WebSocket, the only way through some proxies and the default since
+// Kubernetes 1.31), falling back to a SPDY upgrade when the server does not support it.
+type RESTDialer struct {
+	config     *rest.Config
+	client     rest.Interface
+	websockets bool
+	// spdyOnly remembers a failed WebSocket upgrade so that later dials to the same API server
+	// skip the doomed first attempt.
+	spdyOnly atomic.Bool
+}
+
+// NewRESTDialer returns a dialer for the cluster of config. client is a core/v1 REST client (e.g.
+// clientset.CoreV1().RESTClient()), used to build the pods/portforward URLs. websockets false
+// forces SPDY (kubectl's KUBECTL_PORT_FORWARD_WEBSOCKETS=false).
+func NewRESTDialer(config *rest.Config, client rest.Interface, websockets bool) *RESTDialer {
+	return &RESTDialer{config: config, client: client, websockets: websockets}
+}
+
+// DialPod implements ConnectionDialer.
+func (d *RESTDialer) DialPod(ctx context.Context, pod PodRef) (httpstream.Connection, error) {
+	u := d.client.Post().Resource("pods").Namespace(pod.Namespace).Name(pod.Name).SubResource("portforward").URL()
+	conn, err := dialContext(ctx, func() (httpstream.Connection, string, error) { return d.dial(u) })
+	if err != nil {
+		return nil, fmt.Errorf("port-forward to pod %s: %w", pod, err)
+	}
+	return conn, nil
+}
+
+func (d *RESTDialer) dial(u *url.URL) (httpstream.Connection, string, error) {
+	if d.websockets && !d.spdyOnly.Load() {
+		ws, err := clientportforward.NewSPDYOverWebsocketDialer(u, d.config)
+		if err != nil {
+			return nil, "", err
+		}
+		conn, proto, err := ws.Dial(clientportforward.PortForwardProtocolV1Name)
+		if err == nil || !(httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)) {
+			return conn, proto, err
+		}
+		klog.V(2).InfoS("WebSocket port-forward refused; falling back to SPDY", "err", err)
+		d.spdyOnly.Store(true)
+	}
+	transport, upgrader, err := spdy.RoundTripperFor(d.config)
+	if err != nil {
+		return nil, "", err
+	}
+	return spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u).Dial(clientportforward.PortForwardProtocolV1Name)
+}
+
+// dialContext runs a context-less httpstream dial, returning early when ctx ends; a connection
+// that arrives afterwards is closed.
+func dialContext(ctx context.Context, dial func() (httpstream.Connection, string, error)) (httpstream.Connection, error) {
+	type result struct {
+		conn  httpstream.Connection
+		proto string
+		err   error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, p, err := dial()
+		ch <- result{c, p, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, r.err
+		}
+		if r.proto != clientportforward.PortForwardProtocolV1Name {
+			r.conn.Close()
+			return nil, fmt.Errorf("unable to negotiate protocol: client supports %q, server returned %q", clientportforward.PortForwardProtocolV1Name, r.proto)
+		}
+		return r.conn, nil
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.conn != nil {
+				r.conn.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}

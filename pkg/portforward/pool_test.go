@@ -1,0 +1,306 @@
+package portforward_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward/portforwardtest"
+)
+
+// echoServer echoes every line back prefixed with its name; a line "RESET" resets the connection.
+func echoServer(t testing.TB, name string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if line == "RESET\n" {
+						c.(*net.TCPConn).SetLinger(0)
+						return
+					}
+					fmt.Fprintf(c, "%s:%s", name, line)
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// closedPort returns an address nothing listens on.
+func closedPort(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+type cluster struct {
+	kubelet *portforwardtest.Kubelet
+	pool    *portforward.Pool
+}
+
+// newCluster serves port 80 of every pod with an echo server named after the pod, and port 81
+// with nothing.
+func newCluster(t testing.TB) *cluster {
+	t.Helper()
+	var mu sync.Mutex
+	servers := map[string]string{}
+	refused := closedPort(t)
+	return newClusterWith(t, func(pod portforward.PodRef, port int32) (string, error) {
+		if port == 81 {
+			return refused, nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if servers[pod.Name] == "" {
+			servers[pod.Name] = echoServer(t, pod.Name)
+		}
+		return servers[pod.Name], nil
+	})
+}
+
+func newClusterWith(t testing.TB, backend func(portforward.PodRef, int32) (string, error)) *cluster {
+	k := portforwardtest.NewKubelet(backend)
+	t.Cleanup(k.Close)
+	cs, err := kubernetes.NewForConfig(k.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := portforward.NewPool(portforward.NewRESTDialer(k.Config(), cs.CoreV1().RESTClient(), true), portforward.Options{DialTimeout: 5 * time.Second})
+	t.Cleanup(pool.Close)
+	return &cluster{kubelet: k, pool: pool}
+}
+
+func roundTrip(t testing.TB, c net.Conn, r *bufio.Reader, msg string) string {
+	t.Helper()
+	if _, err := io.WriteString(c, msg+"\n"); err != nil {
+		t.Fatalf("write %q: %v", msg, err)
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("read reply to %q: %v", msg, err)
+	}
+	return strings.TrimSuffix(line, "\n")
+}
+
+var podA = portforward.PodRef{Namespace: "ns", Name: "a"}
+var podB = portforward.PodRef{Namespace: "ns", Name: "b"}
+
+func TestManyStreamsShareOneConnection(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := c.pool.Dial(ctx, podA, 80)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer s.Close()
+			r := bufio.NewReader(s)
+			for j := 0; j < 5; j++ {
+				msg := fmt.Sprintf("hello %d/%d", i, j)
+				if got := roundTrip(t, s, r, msg); got != "a:"+msg {
+					t.Errorf("got %q", got)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := c.kubelet.Connections(); n != 1 {
+		t.Errorf("kubelet saw %d connections, want 1", n)
+	}
+	if n := c.kubelet.Streams(); n != 20 {
+		t.Errorf("kubelet saw %d streams, want 20", n)
+	}
+	if got := c.pool.Active()[podA]; got != 0 {
+		t.Errorf("%d streams still active after close", got)
+	}
+}
+
+// TestStreamErrorKeepsOtherStreams is the kubernetes#111825 case: the kubelet reports an error for
+// one connection; the others on the same port-forward connection must keep working.
+func TestStreamErrorKeepsOtherStreams(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	long, err := c.pool.Dial(ctx, podA, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Close()
+	lr := bufio.NewReader(long)
+	roundTrip(t, long, lr, "before")
+
+	// Refused by the pod.
+	bad, err := c.pool.Dial(ctx, podA, 81)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.RemoteError(5 * time.Second); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("RemoteError = %v, want connection refused", err)
+	}
+	bad.Close()
+
+	// Reset by the app.
+	reset, err := c.pool.Dial(ctx, podA, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(reset, "RESET\n")
+	io.ReadAll(reset)
+	reset.Close()
+
+	if got := roundTrip(t, long, lr, "after"); got != "a:after" {
+		t.Errorf("long-lived stream got %q", got)
+	}
+	fresh, err := c.pool.Dial(ctx, podA, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	if got := roundTrip(t, fresh, bufio.NewReader(fresh), "fresh"); got != "a:fresh" {
+		t.Errorf("fresh stream got %q", got)
+	}
+	if n := c.kubelet.Connections(); n != 1 {
+		t.Errorf("kubelet saw %d connections, want 1", n)
+	}
+}
+
+func TestReconnectAfterKubeletClosesConnection(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	old, err := c.pool.Dial(ctx, podA, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	roundTrip(t, old, bufio.NewReader(old), "x")
+
+	c.kubelet.CloseConnections(podA)
+	if _, err := io.ReadAll(old); err != nil {
+		t.Logf("old stream ended with %v", err)
+	}
+	s, err := c.pool.Dial(ctx, podA, 80)
+	if err != nil {
+		t.Fatalf("dial after the kubelet closed the connection: %v", err)
+	}
+	defer s.Close()
+	if got := roundTrip(t, s, bufio.NewReader(s), "y"); got != "a:y" {
+		t.Errorf("got %q", got)
+	}
+	if n := c.kubelet.Connections(); n != 2 {
+		t.Errorf("kubelet saw %d connections, want 2", n)
+	}
+}
+
+func TestEvictEndsPodStreamsOnly(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	sa, err := c.pool.Dial(ctx, podA, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Close()
+	sb, err := c.pool.Dial(ctx, podB, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	rb := bufio.NewReader(sb)
+	roundTrip(t, sb, rb, "1")
+
+	c.pool.Evict(podA)
+	done := make(chan struct{})
+	go func() { io.ReadAll(sa); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("stream to the evicted pod still open")
+	}
+	if got := roundTrip(t, sb, rb, "2"); got != "b:2" {
+		t.Errorf("other pod's stream got %q", got)
+	}
+	if c.pool.Connected(podA) {
+		t.Error("pool still connected to the evicted pod")
+	}
+}
+
+func TestDialFailureIsNotCached(t *testing.T) {
+	fail := true
+	var mu sync.Mutex
+	d := dialerFunc(func(ctx context.Context, pod portforward.PodRef) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if fail {
+			fail = false
+			return errors.New("boom")
+		}
+		return nil
+	})
+	c := newCluster(t)
+	cs, _ := kubernetes.NewForConfig(c.kubelet.Config())
+	pool := portforward.NewPool(wrapDialer{d, portforward.NewRESTDialer(c.kubelet.Config(), cs.CoreV1().RESTClient(), false)}, portforward.Options{})
+	defer pool.Close()
+	if _, err := pool.Dial(context.Background(), podA, 80); err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("first dial = %v, want boom", err)
+	}
+	s, err := pool.Dial(context.Background(), podA, 80)
+	if err != nil {
+		t.Fatalf("second dial: %v", err)
+	}
+	s.Close()
+	pool.Close()
+	if _, err := pool.Dial(context.Background(), podA, 80); !errors.Is(err, portforward.ErrPoolClosed) {
+		t.Errorf("dial after close = %v", err)
+	}
+}
+
+type dialerFunc func(ctx context.Context, pod portforward.PodRef) error
+
+type wrapDialer struct {
+	before dialerFunc
+	next   portforward.ConnectionDialer
+}
+
+func (w wrapDialer) DialPod(ctx context.Context, pod portforward.PodRef) (httpstream.Connection, error) {
+	if err := w.before(ctx, pod); err != nil {
+		return nil, err
+	}
+	return w.next.DialPod(ctx, pod)
+}

@@ -1,0 +1,184 @@
+// Package portforwardtest provides an in-process stand-in for the kubelet's port-forward endpoint,
+// so that port-forward clients can be tested over loopback without a cluster.
+package portforwardtest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/apimachinery/pkg/util/httpstream/spdy"
+	"k8s.io/client-go/rest"
+
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward"
+)
+
+// Kubelet serves /api/v1/namespaces/NS/pods/NAME/portforward over SPDY like the API server and
+// kubelet together: each data stream is connected to the address Backend returns for the pod and
+// port, and dial failures are reported on the error stream, as the kubelet does. WebSocket
+// upgrades are refused, which exercises the client's SPDY fallback.
+type Kubelet struct {
+	// Backend returns the TCP address serving port of pod, or an error to report on the error
+	// stream (e.g. the pod is gone).
+	Backend func(pod portforward.PodRef, port int32) (string, error)
+
+	srv         *httptest.Server
+	connections atomic.Int64
+	streams     atomic.Int64
+
+	mu    sync.Mutex
+	conns map[portforward.PodRef][]httpstream.Connection
+}
+
+// NewKubelet starts a fake kubelet. Close it when done.
+func NewKubelet(backend func(pod portforward.PodRef, port int32) (string, error)) *Kubelet {
+	k := &Kubelet{Backend: backend, conns: map[portforward.PodRef][]httpstream.Connection{}}
+	k.srv = httptest.NewServer(http.HandlerFunc(k.serve))
+	return k
+}
+
+// Config returns a client configuration for the fake API server.
+func (k *Kubelet) Config() *rest.Config { return &rest.Config{Host: k.srv.URL} }
+
+// Connections returns how many port-forward connections were upgraded so far.
+func (k *Kubelet) Connections() int64 { return k.connections.Load() }
+
+// Streams returns how many data streams were served so far.
+func (k *Kubelet) Streams() int64 { return k.streams.Load() }
+
+// CloseConnections closes every port-forward connection to pod, as a kubelet does when the pod's
+// sandbox goes away or it gives up on the connection.
+func (k *Kubelet) CloseConnections(pod portforward.PodRef) {
+	k.mu.Lock()
+	conns := k.conns[pod]
+	delete(k.conns, pod)
+	k.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// Close stops the server and every connection.
+func (k *Kubelet) Close() {
+	k.mu.Lock()
+	all := k.conns
+	k.conns = map[portforward.PodRef][]httpstream.Connection{}
+	k.mu.Unlock()
+	for _, conns := range all {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	k.srv.CloseClientConnections()
+	k.srv.Close()
+}
+
+func (k *Kubelet) serve(w http.ResponseWriter, req *http.Request) {
+	// /api/v1/namespaces/{ns}/pods/{name}/portforward
+	parts := strings.Split(strings.Trim(req.URL.Path, "/"), "/")
+	if len(parts) != 7 || parts[6] != "portforward" || req.Method != http.MethodPost {
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
+	pod := portforward.PodRef{Namespace: parts[3], Name: parts[5]}
+	if _, err := httpstream.Handshake(req, w, []string{"portforward.k8s.io"}); err != nil {
+		return // Handshake wrote the response
+	}
+	streams := make(chan httpstream.Stream, 16)
+	conn := spdy.NewResponseUpgrader().UpgradeResponse(w, req, func(s httpstream.Stream, _ <-chan struct{}) error {
+		streams <- s
+		return nil
+	})
+	if conn == nil {
+		return
+	}
+	k.connections.Add(1)
+	k.mu.Lock()
+	k.conns[pod] = append(k.conns[pod], conn)
+	k.mu.Unlock()
+
+	pairs := map[string]*pair{}
+	for {
+		select {
+		case <-conn.CloseChan():
+			return
+		case s := <-streams:
+			id := s.Headers().Get(corev1.PortForwardRequestIDHeader)
+			p := pairs[id]
+			if p == nil {
+				p = &pair{}
+				pairs[id] = p
+			}
+			switch s.Headers().Get(corev1.StreamType) {
+			case corev1.StreamTypeError:
+				p.errs = s
+			case corev1.StreamTypeData:
+				p.data = s
+			}
+			if p.errs != nil && p.data != nil {
+				delete(pairs, id)
+				k.streams.Add(1)
+				go k.forward(conn, pod, p)
+			}
+		}
+	}
+}
+
+type pair struct{ data, errs httpstream.Stream }
+
+// forward mirrors the kubelet/containerd behaviour: copy both ways, stop when either direction
+// ends, report failures on the error stream, then close both streams.
+func (k *Kubelet) forward(conn httpstream.Connection, pod portforward.PodRef, p *pair) {
+	defer conn.RemoveStreams(p.data, p.errs)
+	defer p.data.Close()
+	defer p.errs.Close()
+	port, _ := strconv.Atoi(p.data.Headers().Get(corev1.PortHeader))
+	err := k.pipe(pod, int32(port), p.data)
+	if err != nil {
+		fmt.Fprintf(p.errs, "error forwarding port %d to pod %s: %v", port, pod, err)
+	}
+}
+
+func (k *Kubelet) pipe(pod portforward.PodRef, port int32, data httpstream.Stream) error {
+	addr, err := k.Backend(pod, port)
+	if err != nil {
+		return err
+	}
+	var d net.Dialer
+	c, err := d.DialContext(context.Background(), "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	errCh := make(chan error, 2)
+	go func() {
+		_, err := io.Copy(data, c)
+		errCh <- err
+	}()
+	go func() {
+		_, err := io.Copy(c, data)
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.CloseWrite()
+		}
+		errCh <- err
+	}()
+	// Like containerd: the first direction to end starts a one-second grace for the other.
+	err = <-errCh
+	if err == nil {
+		select {
+		case err = <-errCh:
+		case <-time.After(time.Second):
+		}
+	}
+	return err
+}

@@ -19,7 +19,7 @@ tools::bin() {
     mkdir -p "${dir}"
     # Build into a temporary name first so an interrupted build never leaves a
     # half-written binary behind that later runs would trust.
-    (cd "${moddir}" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -o "${dir}/.${name}.tmp.$$" "${pkg}")
+    (cd "${moddir}" && CGO_ENABLED=0 go build -trimpath -o "${dir}/.${name}.tmp.$$" "${pkg}")
     mv "${dir}/.${name}.tmp.$$" "${dir}/${name}"
   fi
   echo "${dir}/${name}"

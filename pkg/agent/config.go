@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/match"
 )
 
 // DataPort is one port of the intercepted Service as the agent serves it.
@@ -35,6 +37,16 @@ type DataPort struct {
 	// Upstream is host:port of the same port on the shadow Service (the original pods), where
 	// unintercepted and mirrored traffic goes.
 	Upstream string
+	// AppProtocol is the Service port's appProtocol, if set. With the port's name it tells whether
+	// the port carries HTTP (see SpeaksHTTP): header and path rules are refused on ports known
+	// not to, and ports known to are sniffed without a timeout.
+	AppProtocol string
+}
+
+// SpeaksHTTP tells whether the port carries plain HTTP (HTTP/1.x or h2c), from its appProtocol
+// and name; known is false when neither says.
+func (p *DataPort) SpeaksHTTP() (isHTTP, known bool) {
+	return match.PortSpeaksHTTP(p.AppProtocol, p.Name)
 }
 
 // Key is how logs and metrics name the port: its name, else its number.
@@ -55,17 +67,28 @@ func (p DataPort) String() string {
 	if proto == "" {
 		proto = "TCP"
 	}
-	return fmt.Sprintf("%s=%s/%s=%s", p.Name, ports, proto, p.Upstream)
+	s := fmt.Sprintf("%s=%s/%s=%s", p.Name, ports, proto, p.Upstream)
+	if p.AppProtocol != "" {
+		s += "=" + p.AppProtocol
+	}
+	return s
 }
 
-// ParseDataPort parses NAME=PORT[:LISTEN][/PROTOCOL]=UPSTREAM, e.g. "http=80:8080/TCP=api-shadow:80"
-// (NAME may be empty for a Service's single unnamed port).
+// ParseDataPort parses NAME=PORT[:LISTEN][/PROTOCOL]=UPSTREAM[=APPPROTOCOL], e.g.
+// "http=80:8080/TCP=api-shadow:80" or "web=80:8080/TCP=api-shadow:80=kubernetes.io/h2c" (NAME may be
+// empty for a Service's single unnamed port; APPPROTOCOL is the Service port's appProtocol).
 func ParseDataPort(s string) (DataPort, error) {
 	parts := strings.Split(s, "=")
-	if len(parts) != 3 {
-		return DataPort{}, fmt.Errorf("data port %q: want NAME=PORT[:LISTEN][/PROTOCOL]=UPSTREAM", s)
+	if len(parts) != 3 && len(parts) != 4 {
+		return DataPort{}, fmt.Errorf("data port %q: want NAME=PORT[:LISTEN][/PROTOCOL]=UPSTREAM[=APPPROTOCOL]", s)
 	}
 	p := DataPort{Name: parts[0], Protocol: "TCP", Upstream: parts[2]}
+	if len(parts) == 4 {
+		if parts[3] == "" {
+			return DataPort{}, fmt.Errorf("data port %q: empty appProtocol after the last =", s)
+		}
+		p.AppProtocol = parts[3]
+	}
 	ports := parts[1]
 	if i := strings.IndexByte(ports, '/'); i >= 0 {
 		p.Protocol = strings.ToUpper(ports[i+1:])
@@ -121,6 +144,12 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultDialTimeout      = 5 * time.Second
 	DefaultShutdownGrace    = 10 * time.Second
+	// DefaultSniffTimeout is how long a connection on a port with request rules may stay silent
+	// before it is taken for a server-speaks-first protocol and routed whole (unless the port is
+	// known to carry HTTP, where the agent waits for the client's first bytes however long).
+	DefaultSniffTimeout = 300 * time.Millisecond
+	// DefaultMirrorConcurrency bounds the per-request mirror copies in flight to laptops.
+	DefaultMirrorConcurrency = 64
 )
 
 // Config configures a Server.
@@ -138,10 +167,18 @@ type Config struct {
 
 	// Sessions looks sessions up when they attach. Required.
 	Sessions SessionStore
-	// Admit decides whether a session may attach next to the live ones; defaults to DefaultAdmit.
+	// Admit decides whether a session may attach next to the live ones; defaults to
+	// AdmitFor(Ports), the rule-aware policy.
 	Admit func(candidate SessionSpec, live []SessionSpec) error
-	// Router decides where each connection goes; defaults to PortRouter.
+	// Router decides where each connection goes; defaults to HTTPRouter, which routes whole
+	// connections like PortRouter on ports without request rules and per HTTP request on the others.
 	Router Router
+	// SniffTimeout bounds the wait for a client's first bytes on ports with request rules whose
+	// protocol is not known (DataPort.SpeaksHTTP); defaults to DefaultSniffTimeout.
+	SniffTimeout time.Duration
+	// MirrorConcurrency bounds the per-request mirror copies in flight; beyond it copies are
+	// dropped and counted. Defaults to DefaultMirrorConcurrency.
+	MirrorConcurrency int
 	// OnSessionEvent, if set, is told when sessions attach, are refused and detach (in production
 	// it writes the admission result onto the session's Lease). It must not block.
 	OnSessionEvent func(SessionEvent)
@@ -207,10 +244,16 @@ func (c *Config) complete() error {
 		c.Listen = net.Listen
 	}
 	if c.Admit == nil {
-		c.Admit = DefaultAdmit
+		c.Admit = AdmitFor(c.Ports)
 	}
 	if c.Router == nil {
-		c.Router = PortRouter{}
+		c.Router = HTTPRouter{}
+	}
+	if c.SniffTimeout <= 0 {
+		c.SniffTimeout = DefaultSniffTimeout
+	}
+	if c.MirrorConcurrency <= 0 {
+		c.MirrorConcurrency = DefaultMirrorConcurrency
 	}
 	if c.DialUpstream == nil {
 		d := &net.Dialer{Timeout: DefaultDialTimeout}

@@ -31,6 +31,9 @@ type metrics struct {
 	mirrorDropped *prometheus.CounterVec
 	mirrorBytes   *prometheus.CounterVec
 	errors        *prometheus.CounterVec
+	requests      *prometheus.CounterVec
+	mirrors       *prometheus.CounterVec
+	sniffed       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -67,7 +70,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "bridge_agent_errors_total",
 			Help: "Errors by kind.",
 		}, []string{"kind"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_agent_http_requests_total",
+			Help: "HTTP requests routed per request, by port, session (empty when unmatched) and outcome (local: answered by the laptop, original: by the original pods, error: the chosen side did not answer).",
+		}, []string{"port", "session", "outcome"}),
+		mirrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_agent_http_mirrors_total",
+			Help: "Per-request mirror copies by port, session and result (sent, failed, or dropped_busy/dropped_too_large/dropped_incomplete so as not to slow the original path).",
+		}, []string{"port", "session", "result"}),
+		sniffed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_agent_sniffed_connections_total",
+			Help: "Connections sniffed on ports with request rules, by detected protocol (http/1, h2c, tls, unknown, silent).",
+		}, []string{"port", "protocol"}),
 	}
-	reg.MustRegister(m.sessions, m.handshakes, m.connections, m.active, m.bytes, m.mirrorDropped, m.mirrorBytes, m.errors)
+	reg.MustRegister(m.sessions, m.handshakes, m.connections, m.active, m.bytes, m.mirrorDropped, m.mirrorBytes, m.errors,
+		m.requests, m.mirrors, m.sniffed)
 	return m
 }

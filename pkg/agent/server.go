@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/match"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
 )
 
@@ -53,6 +54,11 @@ type Server struct {
 	inflight  sync.WaitGroup        // data connections
 	tunnels   sync.WaitGroup        // tunnel connections
 	loops     sync.WaitGroup        // accept loops
+
+	// httpPorts is the per-request HTTP machinery of each data port (used by HTTPRouter).
+	httpPorts map[*DataPort]*httpPort
+	// mirrorSlots bounds the per-request mirror copies in flight.
+	mirrorSlots chan struct{}
 }
 
 // New validates cfg and returns a Server; Start or Run it.
@@ -66,7 +72,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	hctx, hcancel := context.WithCancel(ctx)
-	return &Server{
+	s := &Server{
 		handshakes:     hctx,
 		stopHandshakes: hcancel,
 		cfg:            cfg,
@@ -77,7 +83,14 @@ func New(cfg Config) (*Server, error) {
 		cancel:         cancel,
 		dataLns:        map[string]net.Listener{},
 		conns:          map[net.Conn]struct{}{},
-	}, nil
+		httpPorts:      map[*DataPort]*httpPort{},
+		mirrorSlots:    make(chan struct{}, cfg.MirrorConcurrency),
+	}
+	for i := range s.cfg.Ports {
+		p := &s.cfg.Ports[i]
+		s.httpPorts[p] = newHTTPPort(s, p)
+	}
+	return s, nil
 }
 
 // Run starts the server and serves until ctx ends, then shuts down gracefully.
@@ -164,6 +177,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.loops.Wait()
 	for _, sess := range s.reg.all() {
 		s.detach(sess, errShutdown)
+	}
+	// HTTP connections idle between requests close now; requests in flight may finish.
+	for _, hp := range s.httpPorts {
+		go hp.shutdown(ctx)
 	}
 
 	done := make(chan struct{})
@@ -335,8 +352,12 @@ func (a *sessionAuth) Authenticate(ctx context.Context, id, token string) error 
 	if !tunnel.VerifyToken(spec.TokenHash, token) {
 		return tunnel.Refuse("invalid token for session " + id)
 	}
+	rules, err := match.Compile(spec.Match)
+	if err != nil {
+		return tunnel.Refuse(fmt.Sprintf("session %s: invalid match rules: %v", id, err))
+	}
 	sctx, cancel := context.WithCancelCause(a.srv.ctx)
-	sess := &Session{Spec: spec, Attached: time.Now(), mux: a.mux, ctx: sctx, cancel: cancel}
+	sess := &Session{Spec: spec, Attached: time.Now(), rules: rules, mux: a.mux, ctx: sctx, cancel: cancel}
 	replaced, err := a.srv.reg.admit(sess, a.srv.cfg.Admit)
 	if err != nil {
 		cancel(err)

@@ -6,20 +6,20 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/match"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
 )
 
-// MatchRule is one request-matching rule of an intercept, carried opaquely: the HTTP routing
-// package owns its meaning.
-type MatchRule struct {
-	Type, Name, Value string
-}
+// MatchRule is one request-matching rule of an intercept; package match owns its meaning.
+// session.MatchRule converts to it directly: agent.MatchRule(m).
+type MatchRule = match.Rule
 
 // SessionSpec is what the agent knows of a session: in production, decoded from its Lease.
 type SessionSpec struct {
@@ -71,25 +71,77 @@ func (m StaticSessions) Lookup(_ context.Context, id string) (SessionSpec, error
 	return s, nil
 }
 
-// DefaultAdmit is the admission policy of the per-connection router: one catch-all steal per port
-// (a second would never get traffic), and no match rules, which need the HTTP router. Mirrors
-// always coexist. The refusal names the other session's user, so the CLI can tell whom to ask.
+// DefaultAdmit is AdmitFor without knowledge of the ports' protocols: rules are allowed on every
+// port (connections that turn out not to be HTTP are then routed whole).
 func DefaultAdmit(candidate SessionSpec, live []SessionSpec) error {
-	if len(candidate.Match) > 0 {
-		return errors.New("request match rules are not supported by this agent yet; intercept the whole port instead")
+	return admit(nil, candidate, live)
+}
+
+// AdmitFor returns the rule-aware admission policy for an agent serving ports. A session is
+// refused when its rules do not compile; when it holds header/path rules on a port known not to
+// carry HTTP; when it steals a whole port that carries another session's stealing rules (it would
+// silently take their traffic); when it holds rules on a port another session steals whole; when
+// another session already steals with the identical rule set (it would never get a request);
+// and, as before, when a second session steals a whole port. Mirrors never take traffic from
+// anyone, so they only conflict with nothing. Refusals name the other session's user and rules.
+func AdmitFor(ports []DataPort) func(candidate SessionSpec, live []SessionSpec) error {
+	ports = slices.Clone(ports)
+	return func(candidate SessionSpec, live []SessionSpec) error {
+		return admit(ports, candidate, live)
+	}
+}
+
+func admit(ports []DataPort, candidate SessionSpec, live []SessionSpec) error {
+	if _, err := match.Compile(candidate.Match); err != nil {
+		return fmt.Errorf("invalid match rules: %w", err)
+	}
+	hasRules := len(candidate.Match) > 0
+	if hasRules {
+		for i := range ports {
+			p := &ports[i]
+			if !candidate.InterceptsPort(p) {
+				continue
+			}
+			if isHTTP, known := p.SpeaksHTTP(); known && !isHTTP {
+				what := "its name " + strconv.Quote(p.Name)
+				if p.AppProtocol != "" {
+					what = "its appProtocol " + strconv.Quote(p.AppProtocol)
+				}
+				return fmt.Errorf("port %s does not carry HTTP (%s), so %s can never match; intercept the whole port instead (no --header/--path flags)",
+					portLabel(candidate), what, match.Describe(candidate.Match))
+			}
+		}
 	}
 	if candidate.Mode != tunnel.ModeSteal {
 		return nil
 	}
 	for _, other := range live {
-		if other.ID == candidate.ID || other.Mode != tunnel.ModeSteal {
+		if other.ID == candidate.ID || other.Mode != tunnel.ModeSteal || !samePort(candidate, other) {
 			continue
 		}
-		if samePort(candidate, other) {
+		otherRules := len(other.Match) > 0
+		switch {
+		case !hasRules && !otherRules:
 			return fmt.Errorf("port %s is already intercepted (steal) by %s in session %s", portLabel(candidate), userLabel(other.User), other.ID)
+		case !hasRules && otherRules:
+			return fmt.Errorf("port %s carries request rules (%s, held by %s in session %s): stealing the whole port would take their traffic; add a rule of your own, e.g. --header x-dev=%s",
+				portLabel(candidate), match.Describe(other.Match), userLabel(other.User), other.ID, headerHint(candidate.User))
+		case hasRules && !otherRules:
+			return fmt.Errorf("port %s is wholly stolen by %s in session %s, so %s would never get a request; ask them to intercept with a rule (e.g. --header), or wait until that session ends",
+				portLabel(candidate), userLabel(other.User), other.ID, match.Describe(candidate.Match))
+		case match.Identical(candidate.Match, other.Match):
+			return fmt.Errorf("rule %s on port %s is already held by %s in session %s; choose another value",
+				match.Describe(candidate.Match), portLabel(candidate), userLabel(other.User), other.ID)
 		}
 	}
 	return nil
+}
+
+func headerHint(user string) string {
+	if user == "" {
+		return "me"
+	}
+	return strings.ReplaceAll(strings.Fields(user + " x")[0], "=", "")
 }
 
 func samePort(a, b SessionSpec) bool {
@@ -120,10 +172,14 @@ type Session struct {
 	// Attached is when the tunnel was accepted.
 	Attached time.Time
 
+	rules  *match.Set
 	mux    *yamux.Session
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 }
+
+// Rules returns the session's compiled match rules (empty for a whole-port intercept).
+func (s *Session) Rules() *match.Set { return s.rules }
 
 // Done is closed when the session detaches; in-flight stolen connections end with it.
 func (s *Session) Done() <-chan struct{} { return s.ctx.Done() }
@@ -177,9 +233,65 @@ type SessionEvent struct {
 type registry struct {
 	mu   sync.Mutex
 	byID map[string]*Session
+	// tables caches each port's routing table; any change of the sessions bumps gen and clears it.
+	tables map[*DataPort]*routeTable
+	gen    uint64
 }
 
-func newRegistry() *registry { return &registry{byID: map[string]*Session{}} }
+func newRegistry() *registry {
+	return &registry{byID: map[string]*Session{}, tables: map[*DataPort]*routeTable{}}
+}
+
+// routeTable is a port's sessions in routing order, for the per-request HTTP router.
+type routeTable struct {
+	// steals are the stealing sessions in precedence order: more specific rules first, then the
+	// older session, then the lower ID. A whole-port steal (no rules) comes last.
+	steals []*Session
+	// mirrors are the mirroring sessions, oldest first.
+	mirrors []*Session
+	// rules is set when some session of the port holds rules: HTTP routing is needed.
+	rules bool
+}
+
+// table returns p's routing table, cached until the sessions change.
+func (r *registry) table(p *DataPort) *routeTable {
+	r.mu.Lock()
+	if t, ok := r.tables[p]; ok {
+		r.mu.Unlock()
+		return t
+	}
+	gen := r.gen
+	r.mu.Unlock()
+	t := &routeTable{}
+	for _, s := range r.forPort(p) {
+		if !s.rules.Empty() {
+			t.rules = true
+		}
+		switch s.Spec.Mode {
+		case tunnel.ModeSteal:
+			t.steals = append(t.steals, s)
+		case tunnel.ModeMirror:
+			t.mirrors = append(t.mirrors, s)
+		}
+	}
+	// forPort's order (oldest, then ID) breaks ties.
+	slices.SortStableFunc(t.steals, func(a, b *Session) int {
+		return b.rules.Specificity() - a.rules.Specificity()
+	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// A table built from sessions that changed meanwhile serves this caller but is not cached.
+	if r.gen == gen {
+		r.tables[p] = t
+	}
+	return t
+}
+
+// changedLocked invalidates the routing tables; r.mu is held.
+func (r *registry) changedLocked() {
+	r.gen++
+	clear(r.tables)
+}
 
 // admit checks s against the live sessions and registers it, atomically so that two sessions
 // attaching at once cannot both take a port. A live session with the same ID is the same CLI
@@ -198,6 +310,7 @@ func (r *registry) admit(s *Session, admit func(SessionSpec, []SessionSpec) erro
 	}
 	replaced = r.byID[s.Spec.ID]
 	r.byID[s.Spec.ID] = s
+	r.changedLocked()
 	return replaced, nil
 }
 
@@ -209,6 +322,7 @@ func (r *registry) remove(s *Session) bool {
 		return false
 	}
 	delete(r.byID, s.Spec.ID)
+	r.changedLocked()
 	return true
 }
 

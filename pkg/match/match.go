@@ -300,20 +300,37 @@ func compileFull(expr string) (*regexp.Regexp, error) {
 	return regexp.Compile(`^(?:` + expr + `)$`)
 }
 
+// A nil *Set is the empty set: it matches everything.
+
 // Rules returns the normalized rules of s.
-func (s *Set) Rules() []Rule { return slices.Clone(s.rules) }
+func (s *Set) Rules() []Rule {
+	if s == nil {
+		return nil
+	}
+	return slices.Clone(s.rules)
+}
 
 // Empty reports whether s has no rule (it then matches everything: a whole-port intercept).
-func (s *Set) Empty() bool { return len(s.rules) == 0 }
+func (s *Set) Empty() bool { return s == nil || len(s.rules) == 0 }
 
 // String describes s as flags.
-func (s *Set) String() string { return Describe(s.rules) }
+func (s *Set) String() string {
+	if s == nil {
+		return Describe(nil)
+	}
+	return Describe(s.rules)
+}
 
 // Specificity scores s: between rule sets that may both match a request, the higher score is
 // tried first. Every rule adds a positive weight, so a set that holds all the rules of another and
 // more always ranks above it; exact values outrank prefixes, which outrank expressions, and a
 // longer prefix outranks a shorter one.
-func (s *Set) Specificity() int { return s.specificity }
+func (s *Set) Specificity() int {
+	if s == nil {
+		return 0
+	}
+	return s.specificity
+}
 
 func weight(r Rule) int {
 	switch r.Type {
@@ -336,6 +353,9 @@ func weight(r Rule) int {
 // query); headers have canonical keys, as net/http (HTTP/1 and HTTP/2) gives them. A header rule
 // matches when any value of the header does.
 func (s *Set) Matches(method, path string, headers http.Header) bool {
+	if s == nil {
+		return true
+	}
 	for _, m := range s.methods {
 		if m != method {
 			return false

@@ -59,8 +59,9 @@ type StreamEvent struct {
 	Err error
 	// NothingListens is true when the local dial was refused: the user's app is not running.
 	NothingListens bool
-	// ToLocal and FromLocal count the bytes piped (FromLocal stays 0 for mirror streams, whose
-	// replies are discarded).
+	// ToLocal and FromLocal count the bytes piped (FromLocal stays 0 for connection mirror
+	// streams, whose replies are discarded here; a mirrored HTTP exchange's answer goes back to
+	// the agent, which discards it).
 	ToLocal, FromLocal int64
 	// Duration is how long the stream was open (StreamClosed only).
 	Duration time.Duration
@@ -127,7 +128,7 @@ func (f *Forwarder) ServeStream(ctx context.Context, h *Header, stream net.Conn)
 	f.emit(StreamEvent{Kind: StreamOpened, Header: h, Local: addr})
 	start := time.Now()
 	ev := StreamEvent{Kind: StreamClosed, Header: h, Local: addr}
-	if h.Mode == ModeMirror {
+	if h.Mode == ModeMirror && !h.IsExchange() {
 		ev.ToLocal, ev.Err = f.mirror(stream, local)
 	} else {
 		ev.ToLocal, ev.FromLocal, ev.Err = Pipe(stream, local)

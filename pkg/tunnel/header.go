@@ -59,6 +59,27 @@ func (d Direction) String() string {
 	return fmt.Sprintf("direction(%d)", uint8(d))
 }
 
+// Metadata keys of the streams that carry one routed HTTP request exchange.
+const (
+	// MetaExchange is "http" on a stream carrying exactly one HTTP request exchange (HTTP/1.1, or
+	// h2c for HTTP/2 requests) rather than a whole connection. On a mirror stream it means the
+	// agent reads the local app's answer itself (and discards it), so the Forwarder pipes both
+	// ways instead of dropping the replies.
+	MetaExchange = "exchange"
+	// MetaMethod is the request's method.
+	MetaMethod = "method"
+	// MetaPath is the request's target (path and query), truncated to 2 KiB.
+	MetaPath = "path"
+	// MetaProto is the request's protocol as the in-cluster client sent it, e.g. "HTTP/1.1".
+	MetaProto = "proto"
+)
+
+// IsExchange reports whether the stream carries one HTTP request exchange (see MetaExchange).
+func (h *Header) IsExchange() bool {
+	v, _ := h.Get(MetaExchange)
+	return v == "http"
+}
+
 // KV is one entry of request metadata, kept ordered so that encoding is deterministic.
 type KV struct {
 	Key, Value string

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -20,14 +19,15 @@ import (
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/agent"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/agent/options"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/agentcontrol"
+	bversion "github.com/kubectl-bridge/kubectl-bridge/pkg/version"
 )
 
 // NewCommand returns the bridge-agent root command. version is reported to CLIs in the tunnel
-// handshake; empty takes the module version the binary was built with.
+// handshake; empty takes the version stamped into the binary (package version).
 func NewCommand(version string) *cobra.Command {
 	o := options.NewOptions()
 	if version == "" {
-		version = buildVersion()
+		version = bversion.Version()
 	}
 	cmd := &cobra.Command{
 		Use:   "bridge-agent",
@@ -142,11 +142,4 @@ func resolveUpstreams(ctx context.Context, client kubernetes.Interface, namespac
 		}
 	}
 	return nil
-}
-
-func buildVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "v0.0.0-dev"
 }

@@ -92,7 +92,9 @@ func (f *Framework) StartBridge(t testing.TB, args ...string) *Process {
 }
 
 // Output returns what the process printed so far.
-func (p *Process) Output() (stdout, stderr string) { return p.out.stdout.String(), p.out.stderr.String() }
+func (p *Process) Output() (stdout, stderr string) {
+	return p.out.stdout.String(), p.out.stderr.String()
+}
 
 // WaitOutput waits until stdout or stderr contains s.
 func (p *Process) WaitOutput(s string, timeout time.Duration) {

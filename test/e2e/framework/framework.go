@@ -22,6 +22,14 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
+// Version is stamped into the binaries built for the e2e run, so that the plugin's default agent
+// image reference is AgentImage — the real release naming, served by the cluster's loopback
+// registry that mirrors ghcr.io.
+const Version = "v0.0.0-e2e"
+
+// AgentImage is the agent image the e2e build of kubectl-bridge deploys by default.
+const AgentImage = "ghcr.io/kubectl-bridge/bridge-agent:" + Version
+
 // EchoImage is the test workload image (test/workloads/echo), imported into the cluster's
 // containerd, never pulled.
 const EchoImage = "ghcr.io/kubectl-bridge/e2e-echo:e2e"
@@ -79,6 +87,9 @@ func Setup(ctx context.Context) (*Framework, error) {
 	if err := f.LoadImage(ctx, EchoImage, filepath.Join(f.BinDir, "echo"), false); err != nil {
 		return nil, err
 	}
+	if err := f.LoadImage(ctx, AgentImage, filepath.Join(f.BinDir, "bridge-agent"), true); err != nil {
+		return nil, err
+	}
 	logf("binaries built and images imported in %s", time.Since(start).Round(time.Millisecond))
 	return f, nil
 }
@@ -129,7 +140,8 @@ func (f *Framework) build(ctx context.Context) error {
 		"echo":           "./test/workloads/echo",
 	}
 	for name, pkg := range builds {
-		out, err := f.run(ctx, "CGO_ENABLED=0", "go", "build", "-trimpath", "-o", filepath.Join(f.BinDir, name), pkg)
+		ldflags := "-X github.com/kubectl-bridge/kubectl-bridge/pkg/version.version=" + Version
+		out, err := f.run(ctx, "CGO_ENABLED=0", "go", "build", "-trimpath", "-ldflags", ldflags, "-o", filepath.Join(f.BinDir, name), pkg)
 		if err != nil {
 			return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
 		}

@@ -232,4 +232,3 @@ func once(client *http.Client, url string, headers []string) (*Reply, error) {
 	}
 	return &rep, nil
 }
-

@@ -1,0 +1,295 @@
+package intercept
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/cleanup"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/inventory"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/objects"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/redirect"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/session"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
+)
+
+// Intercept is a started intercept session.
+type Intercept struct {
+	plan    *Plan
+	sess    *session.Session
+	token   string
+	created bool
+	// AgentReady is how long the agent took to become Ready (0 when it already ran).
+	AgentReady time.Duration
+}
+
+// SessionID is the session's id.
+func (i *Intercept) SessionID() string { return i.sess.ID }
+
+// Start creates the session's Lease, then the agent if none serves the Service yet, waits until it
+// is Ready and switches the Service to it. On failure everything it created is removed again.
+// Progress goes to progress.
+func (p *Plan) Start(ctx context.Context, progress io.Writer) (_ *Intercept, err error) {
+	token, err := tunnel.NewToken()
+	if err != nil {
+		return nil, err
+	}
+	spec := session.Spec{
+		Kind: session.KindIntercept, User: p.cfg.User, Host: p.cfg.Host, PluginVersion: p.cfg.Version, StartTime: time.Now(),
+		Intercept: &session.InterceptSpec{
+			Service: p.svc.Name, Port: p.port.Port, PortName: p.port.Name, Mode: p.cfg.Mode.String(),
+			Match: p.cfg.Match, LocalAddress: p.cfg.LocalAddress, TokenHash: tunnel.HashToken(token),
+		},
+	}
+	holder := p.cfg.Host
+	if p.cfg.User != "" {
+		holder = p.cfg.User + "@" + p.cfg.Host
+	}
+	// The Lease comes first: an agent that starts always finds a session to serve, and one whose
+	// CLI dies during start-up goes away by itself after the idle grace.
+	sess, err := session.Create(ctx, p.cfg.Client.CoordinationV1(), session.Config{Namespace: p.cfg.Namespace, Spec: spec, Holder: holder})
+	if err != nil {
+		return nil, err
+	}
+	i := &Intercept{plan: p, sess: sess, token: token}
+	defer func() {
+		if err != nil {
+			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, cerr := i.Close(cctx, io.Discard); cerr != nil {
+				err = fmt.Errorf("%w; cleaning up also failed: %v (run 'kubectl bridge clean svc/%s -n %s')", err, cerr, p.svc.Name, p.cfg.Namespace)
+			}
+		}
+	}()
+	// Renew while the agent starts: a slow image pull must not expire the session.
+	hbCtx, stopHB := context.WithCancel(ctx)
+	defer stopHB()
+	go func() { _ = sess.Heartbeat(hbCtx) }()
+
+	start := time.Now()
+	if err := i.ensureAgent(ctx, progress); err != nil {
+		return nil, err
+	}
+	if err := i.waitReady(ctx, progress); err != nil {
+		return nil, err
+	}
+	if _, err := redirect.Switch(ctx, p.cfg.Client.CoreV1(), p.cfg.Namespace, p.svc.Name); err != nil {
+		return nil, err
+	}
+	if i.created {
+		i.AgentReady = time.Since(start)
+	}
+	return i, nil
+}
+
+// ensureAgent joins the running agent of the Service, or creates it: the Job suspended, then the
+// objects it owns, then the Job resumed, so that garbage collection can always remove all of them.
+func (i *Intercept) ensureAgent(ctx context.Context, progress io.Writer) error {
+	p := i.plan
+	jobs := p.cfg.Client.BatchV1().Jobs(p.cfg.Namespace)
+	name := objects.AgentName(p.svc.Name)
+	existing, err := jobs.Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case err == nil && !finished(existing):
+		fmt.Fprintf(progress, "Joining the agent already serving service %s.\n", p.svc.Name)
+		return nil
+	case err == nil:
+		// A finished agent (deadline reached): put its Service back and replace it.
+		fmt.Fprintf(progress, "Replacing the finished agent job %s.\n", name)
+		key := inventory.ServiceKey{Namespace: p.cfg.Namespace, Name: p.svc.Name}
+		if err := cleanup.Execute(ctx, p.cfg.Client, cleanup.ServiceTeardown(key, nil), false, io.Discard); err != nil {
+			return err
+		}
+		if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			_, err := jobs.Get(ctx, name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		}); err != nil {
+			return fmt.Errorf("wait for the old agent job %s to go: %w", name, err)
+		}
+	case !apierrors.IsNotFound(err):
+		return fmt.Errorf("get agent job %s/%s: %w", p.cfg.Namespace, name, err)
+	}
+
+	fmt.Fprintf(progress, "Starting the agent for service %s (image %s).\n", p.svc.Name, p.cfg.Image)
+	job, err := jobs.Create(ctx, objects.AgentJob(p.params), metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		// Another developer started it a moment ago.
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create agent job: %w", err)
+	}
+	i.created = true
+	c := p.cfg.Client
+	if p.cfg.ServiceAccount == "" {
+		if _, err := c.CoreV1().ServiceAccounts(p.cfg.Namespace).Create(ctx, objects.AgentServiceAccount(p.params, job), metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create agent service account: %w", err)
+		}
+		if _, err := c.RbacV1().Roles(p.cfg.Namespace).Create(ctx, objects.AgentRole(p.params, job), metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create agent role: %w", err)
+		}
+		if _, err := c.RbacV1().RoleBindings(p.cfg.Namespace).Create(ctx, objects.AgentRoleBinding(p.params, job), metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create agent role binding: %w", err)
+		}
+	}
+	if _, err := c.CoreV1().Services(p.cfg.Namespace).Create(ctx, objects.ShadowService(p.svc, job), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create shadow service: %w", err)
+	}
+	if _, err := jobs.Patch(ctx, name, types.MergePatchType, []byte(`{"spec":{"suspend":false}}`), metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("start agent job: %w", err)
+	}
+	return nil
+}
+
+func finished(job *batchv1.Job) bool {
+	for _, c := range job.Status.Conditions {
+		if (c.Type == batchv1.JobComplete || c.Type == batchv1.JobFailed) && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return job.DeletionTimestamp != nil
+}
+
+// agentPods lists the agent's pods.
+func (i *Intercept) agentPods(ctx context.Context) ([]corev1.Pod, error) {
+	p := i.plan
+	list, err := p.cfg.Client.CoreV1().Pods(p.cfg.Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: labels.SelectorFromSet(objects.AgentSelector(p.svc.Name)).String()})
+	if err != nil {
+		return nil, fmt.Errorf("list agent pods: %w", err)
+	}
+	return list.Items, nil
+}
+
+// readyPod returns a Ready, not terminating agent pod.
+func (i *Intercept) readyPod(ctx context.Context) (*corev1.Pod, error) {
+	pods, err := i.agentPods(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for k := range pods {
+		if podReady(&pods[k]) {
+			return &pods[k], nil
+		}
+	}
+	return nil, errors.New("no agent pod is ready")
+}
+
+func podReady(pod *corev1.Pod) bool {
+	if pod.DeletionTimestamp != nil || pod.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// waitReady waits for a Ready agent pod, printing the pod's state as it changes; on timeout it
+// says why the agent did not start (image pull, admission, scheduling, crash).
+func (i *Intercept) waitReady(ctx context.Context, progress io.Writer) error {
+	p := i.plan
+	last := ""
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, p.cfg.Timeout, true, func(ctx context.Context) (bool, error) {
+		pods, err := i.agentPods(ctx)
+		if err != nil {
+			return false, err
+		}
+		for k := range pods {
+			if podReady(&pods[k]) {
+				return true, nil
+			}
+		}
+		if state := podsState(pods); state != last && state != "" {
+			fmt.Fprintf(progress, "  agent: %s\n", state)
+			last = state
+		}
+		return false, nil
+	})
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("the agent for service %s was not ready within %s: %s", p.svc.Name, p.cfg.Timeout, i.diagnose(context.Background()))
+}
+
+func podsState(pods []corev1.Pod) string {
+	var parts []string
+	for _, pod := range pods {
+		parts = append(parts, pod.Name+" "+podState(&pod))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func podState(pod *corev1.Pod) string {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if w := cs.State.Waiting; w != nil {
+			return w.Reason
+		}
+		if t := cs.State.Terminated; t != nil {
+			return "terminated (" + t.Reason + ")"
+		}
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+			return "unschedulable"
+		}
+	}
+	return string(pod.Status.Phase)
+}
+
+// diagnose explains a failed start from the agent's pod and the Job's events.
+func (i *Intercept) diagnose(ctx context.Context) string {
+	p := i.plan
+	pods, _ := i.agentPods(ctx)
+	for _, pod := range pods {
+		for _, cs := range pod.Status.ContainerStatuses {
+			if w := cs.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" {
+				hint := ""
+				switch w.Reason {
+				case "ErrImagePull", "ImagePullBackOff", "InvalidImageName":
+					hint = "; check --image, or pass --image-pull-secret if the registry needs credentials"
+				case "CrashLoopBackOff":
+					hint = fmt.Sprintf("; see 'kubectl logs -n %s %s'", p.cfg.Namespace, pod.Name)
+				}
+				return fmt.Sprintf("image pull or start failed: %s: %s%s", w.Reason, w.Message, hint)
+			}
+		}
+		for _, c := range pod.Status.Conditions {
+			if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+				return fmt.Sprintf("scheduling failed: %s; lower --agent-resources or free capacity", c.Message)
+			}
+		}
+	}
+	if len(pods) == 0 {
+		evs, err := p.cfg.Client.CoreV1().Events(p.cfg.Namespace).List(ctx, metav1.ListOptions{
+			FieldSelector: fields.AndSelectors(
+				fields.OneTermEqualSelector("involvedObject.kind", "Job"),
+				fields.OneTermEqualSelector("involvedObject.name", objects.AgentName(p.svc.Name))).String()})
+		if err == nil {
+			for k := len(evs.Items) - 1; k >= 0; k-- {
+				if e := evs.Items[k]; e.Type == corev1.EventTypeWarning {
+					return fmt.Sprintf("the agent pod could not be created (%s): %s", e.Reason, e.Message)
+				}
+			}
+		}
+		return "no agent pod was created; check 'kubectl describe job -n " + p.cfg.Namespace + " " + objects.AgentName(p.svc.Name) + "'"
+	}
+	return fmt.Sprintf("agent pod state: %s", podsState(pods))
+}

@@ -12,7 +12,9 @@ TOOLS_CACHE="${KUBECTL_BRIDGE_TOOLS_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/kub
 tools::bin() {
   local moddir="${REPO_ROOT}/hack/tools/$1" pkg="$2" name="$3"
   local key
-  key="$(cat "${moddir}/go.mod" "${moddir}/go.sum" "${moddir}"/*.go 2>/dev/null | sha256sum | cut -c1-16)"
+  # go.mod, go.sum and any main package of our own in the module.
+  key="$(find "${moddir}" -maxdepth 1 -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) -print0 |
+    sort -z | xargs -0 cat | sha256sum | cut -c1-16)"
   local dir="${TOOLS_CACHE}/$1-${key}"
   if [[ ! -x "${dir}/${name}" ]]; then
     echo ">>> building ${name} (${pkg}) into ${dir}" >&2

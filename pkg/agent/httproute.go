@@ -83,7 +83,7 @@ type httpPort struct {
 	proxy     *httputil.ReverseProxy
 
 	upstream1, upstream2 *http.Transport // to the shadow Service: HTTP/1.1 (pooled), h2c
-	local1, local2       *http.Transport // to a laptop, one connection (tunnel stream) per exchange
+	local1, local2       *http.Transport // to a laptop: NewClientConn per exchange, over its tunnel stream
 }
 
 func newHTTPPort(s *Server, p *DataPort) *httpPort {
@@ -97,8 +97,8 @@ func newHTTPPort(s *Server, p *DataPort) *httpPort {
 		IdleConnTimeout:     90 * time.Second,
 	}
 	hp.upstream2 = &http.Transport{DialContext: dialUp, DisableCompression: true, Protocols: protocols(false, true)}
-	hp.local1 = &http.Transport{DialContext: takeStream, DisableCompression: true, DisableKeepAlives: true, Protocols: protocols(true, false)}
-	hp.local2 = &http.Transport{DialContext: takeStream, DisableCompression: true, DisableKeepAlives: true, Protocols: protocols(false, true)}
+	hp.local1 = &http.Transport{DialContext: takeStream, DisableCompression: true, Protocols: protocols(true, false)}
+	hp.local2 = &http.Transport{DialContext: takeStream, DisableCompression: true, Protocols: protocols(false, true)}
 	hp.proxy = &httputil.ReverseProxy{
 		Director:      hp.direct,
 		Transport:     hp,
@@ -266,15 +266,41 @@ func (hp *httpPort) toLaptop(req *http.Request, rt *route, sess *Session, mode t
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errNoStream, err)
 	}
+	// A connection of its own, outside any pool: a pooled one could carry another request (or
+	// another session's) over this stream.
 	ps := &pendingStream{conn: st}
-	req = req.WithContext(context.WithValue(req.Context(), streamKey{}, ps))
 	t := hp.local1
 	if rt.h2 {
 		t = hp.local2
 	}
-	resp, err := t.RoundTrip(req)
+	cc, err := t.NewClientConn(context.WithValue(req.Context(), streamKey{}, ps), "http", laptopHost+":80")
 	ps.closeUnused()
-	return resp, err
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		_ = cc.Close()
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The body is the upgraded connection (the proxy writes to it); closing it ends the stream.
+		return resp, nil
+	}
+	resp.Body = &closeConnBody{ReadCloser: resp.Body, cc: cc}
+	return resp, nil
+}
+
+// closeConnBody closes the exchange's connection (its tunnel stream) with the response body.
+type closeConnBody struct {
+	io.ReadCloser
+	cc *http.ClientConn
+}
+
+func (b *closeConnBody) Close() error {
+	err := b.ReadCloser.Close()
+	_ = b.cc.Close()
+	return err
 }
 
 // requestMeta describes a request in its stream Header, for the CLI's live output.

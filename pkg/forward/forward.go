@@ -61,7 +61,7 @@ type Config struct {
 	// Targets to forward.
 	Targets []*Target
 	// Addresses are the parsed --address values (see ParseAddresses).
-	Addresses []listenAddr
+	Addresses []ListenAddr
 	// StrictPorts refuses to pick another local port than the remote one.
 	StrictPorts bool
 	// ConnectTimeout bounds the wait of an accepted connection for a ready pod.

@@ -9,16 +9,15 @@ import (
 	"syscall"
 )
 
-// listenAddr is one local address to listen on.
-type listenAddr struct {
-	ip netip.Addr
-	// optional addresses may fail to bind without failing the forward ("localhost" on a machine
+// ListenAddr is one local address to listen on.
+type ListenAddr struct {
+	IP netip.Addr
+	// Optional addresses may fail to bind without failing the forward ("localhost" on a machine
 	// without IPv6).
-	optional bool
+	Optional bool
 }
 
-// localInterfaceAddrs returns the machine's interface addresses; a variable seam for tests is not
-// needed since loopback addresses are always accepted.
+// localInterfaceAddrs returns the machine's interface addresses.
 func localInterfaceAddrs() (map[netip.Addr]bool, error) {
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
@@ -35,23 +34,23 @@ func localInterfaceAddrs() (map[netip.Addr]bool, error) {
 
 // ParseAddresses validates --address values: IPs of this machine (loopback, an interface address,
 // or 0.0.0.0/:: for every interface) or "localhost" (127.0.0.1 and, when available, ::1).
-func ParseAddresses(values []string) ([]listenAddr, error) {
+func ParseAddresses(values []string) ([]ListenAddr, error) {
 	if len(values) == 0 {
 		values = []string{"127.0.0.1"}
 	}
 	var local map[netip.Addr]bool
-	var out []listenAddr
+	var out []ListenAddr
 	seen := map[netip.Addr]bool{}
-	add := func(a listenAddr) {
-		if !seen[a.ip] {
-			seen[a.ip] = true
+	add := func(a ListenAddr) {
+		if !seen[a.IP] {
+			seen[a.IP] = true
 			out = append(out, a)
 		}
 	}
 	for _, v := range values {
 		if v == "localhost" {
-			add(listenAddr{ip: netip.MustParseAddr("127.0.0.1")})
-			add(listenAddr{ip: netip.MustParseAddr("::1"), optional: true})
+			add(ListenAddr{IP: netip.MustParseAddr("127.0.0.1")})
+			add(ListenAddr{IP: netip.MustParseAddr("::1"), Optional: true})
 			continue
 		}
 		ip, err := netip.ParseAddr(v)
@@ -69,7 +68,7 @@ func ParseAddresses(values []string) ([]listenAddr, error) {
 				return nil, fmt.Errorf("--address %s is not an address of this machine: use 127.0.0.1, ::1, localhost, 0.0.0.0 or one of the machine's own IPs", v)
 			}
 		}
-		add(listenAddr{ip: ip})
+		add(ListenAddr{IP: ip})
 	}
 	return out, nil
 }
@@ -79,7 +78,7 @@ var ErrPortInUse = errors.New("local port in use")
 
 // portPicker binds the listeners of one forwarded port on every address with the same port number.
 type portPicker struct {
-	addrs  []listenAddr
+	addrs  []ListenAddr
 	strict bool
 	listen func(network, address string) (net.Listener, error)
 }
@@ -135,19 +134,19 @@ func (p portPicker) bindAll(port int) ([]net.Listener, int, error) {
 	}
 	for _, a := range p.addrs {
 		network := "tcp4"
-		if a.ip.Is6() {
+		if a.IP.Is6() {
 			network = "tcp6"
 		}
-		l, err := p.listen(network, net.JoinHostPort(a.ip.String(), strconv.Itoa(port)))
+		l, err := p.listen(network, net.JoinHostPort(a.IP.String(), strconv.Itoa(port)))
 		if err != nil {
-			if a.optional && !errors.Is(err, syscall.EADDRINUSE) {
+			if a.Optional && !errors.Is(err, syscall.EADDRINUSE) {
 				continue
 			}
 			closeAll()
 			if errors.Is(err, syscall.EADDRINUSE) {
-				return nil, 0, fmt.Errorf("%w: %s", ErrPortInUse, net.JoinHostPort(a.ip.String(), strconv.Itoa(port)))
+				return nil, 0, fmt.Errorf("%w: %s", ErrPortInUse, net.JoinHostPort(a.IP.String(), strconv.Itoa(port)))
 			}
-			return nil, 0, fmt.Errorf("listen on %s: %w", net.JoinHostPort(a.ip.String(), strconv.Itoa(port)), err)
+			return nil, 0, fmt.Errorf("listen on %s: %w", net.JoinHostPort(a.IP.String(), strconv.Itoa(port)), err)
 		}
 		if port == 0 {
 			port = l.Addr().(*net.TCPAddr).Port

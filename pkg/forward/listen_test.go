@@ -9,11 +9,11 @@ import (
 
 func TestParseAddresses(t *testing.T) {
 	got, err := ParseAddresses(nil)
-	if err != nil || len(got) != 1 || got[0].ip.String() != "127.0.0.1" {
+	if err != nil || len(got) != 1 || got[0].IP.String() != "127.0.0.1" {
 		t.Errorf("default = %v, %v", got, err)
 	}
 	got, err = ParseAddresses([]string{"localhost", "::1", "0.0.0.0"})
-	if err != nil || len(got) != 3 || got[1].ip.String() != "::1" || !got[1].optional || got[2].ip.String() != "0.0.0.0" {
+	if err != nil || len(got) != 3 || got[1].IP.String() != "::1" || !got[1].Optional || got[2].IP.String() != "0.0.0.0" {
 		t.Errorf("localhost,::1,0.0.0.0 = %+v, %v", got, err)
 	}
 	for in, want := range map[string]string{

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/agent"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/match"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/objects"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/redirect"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/session"
@@ -51,6 +52,8 @@ type Config struct {
 	Mode tunnel.Mode
 	// Match holds request rules; none means the whole port.
 	Match []session.MatchRule
+	// Protocol overrides what the port's appProtocol and name say it carries: "http" or "tcp".
+	Protocol string
 
 	Image            string
 	ImagePullPolicy  corev1.PullPolicy
@@ -110,6 +113,9 @@ func Prepare(ctx context.Context, cfg Config) (*Plan, error) {
 	if err := p.choosePort(); err != nil {
 		return nil, err
 	}
+	if err := p.checkProtocol(); err != nil {
+		return nil, err
+	}
 	if err := p.checkPermissions(ctx); err != nil {
 		return nil, err
 	}
@@ -160,6 +166,29 @@ func (p *Plan) choosePort() error {
 		}
 	}
 	return fmt.Errorf("service %s has no port %q; its ports are %s", p.svc.Name, p.cfg.Port, strings.Join(names, ", "))
+}
+
+// appProtocol is what the agent is told the port carries: the --protocol override for the
+// intercepted port, else the Service port's own appProtocol.
+func (p *Plan) appProtocol(sp corev1.ServicePort) string {
+	if sp.Port == p.port.Port && p.cfg.Protocol != "" {
+		return p.cfg.Protocol
+	}
+	if sp.AppProtocol != nil {
+		return *sp.AppProtocol
+	}
+	return ""
+}
+
+// checkProtocol refuses request rules on a port whose traffic is known not to be HTTP.
+func (p *Plan) checkProtocol() error {
+	if len(p.cfg.Match) == 0 {
+		return nil
+	}
+	if isHTTP, known := match.PortSpeaksHTTP(p.appProtocol(p.port), p.port.Name); known && !isHTTP {
+		return fmt.Errorf("port %s of service %s does not carry HTTP (by its name or appProtocol), so --header/--path/--method rules cannot apply; intercept the whole port, or pass --protocol http if it does speak HTTP", portName(p.port), p.svc.Name)
+	}
+	return nil
 }
 
 func portName(sp corev1.ServicePort) string {
@@ -252,9 +281,27 @@ func (p *Plan) checkConflicts(ctx context.Context) error {
 			return fmt.Errorf("port %s of service %s carries request rules of %s: a whole-port steal would take their traffic; add a --header or --path rule of your own", portName(p.port), p.svc.Name, who)
 		case theirsWhole:
 			return fmt.Errorf("port %s of service %s is wholly stolen by %s: no other intercept can receive its traffic until that session ends", portName(p.port), p.svc.Name, who)
+		case len(p.cfg.Match) > 0 && ic.Mode == p.cfg.Mode.String() && match.Identical(toRules(p.cfg.Match), toRules(ic.Match)):
+			return fmt.Errorf("%s already intercepts the requests matching %s on port %s of service %s: choose a rule of your own (e.g. --header x-owner=%s)",
+				who, match.Describe(toRules(ic.Match)), portName(p.port), p.svc.Name, orDefault(p.cfg.User, "me"))
 		}
 	}
 	return nil
+}
+
+func toRules(ms []session.MatchRule) []match.Rule {
+	out := make([]match.Rule, len(ms))
+	for i, m := range ms {
+		out[i] = match.Rule(m)
+	}
+	return out
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 func describe(s session.Info) string {
@@ -299,7 +346,8 @@ func (p *Plan) buildAgent(ctx context.Context) error {
 		}
 		used[listen] = portName(sp)
 		params.DataPorts = append(params.DataPorts, objects.AgentPort{Name: containerName, Port: listen})
-		dp := agent.DataPort{Name: sp.Name, Port: sp.Port, ListenPort: listen, Protocol: "TCP", Upstream: net.JoinHostPort(shadow, strconv.Itoa(int(sp.Port)))}
+		dp := agent.DataPort{Name: sp.Name, Port: sp.Port, ListenPort: listen, Protocol: "TCP", AppProtocol: p.appProtocol(sp),
+			Upstream: net.JoinHostPort(shadow, strconv.Itoa(int(sp.Port)))}
 		args = append(args, "--data-port="+dp.String())
 	}
 	params.ControlPort, params.HealthPort = freePorts(used)

@@ -235,7 +235,7 @@ func (o *Options) Validate() error {
 	}
 	o.cfg = lib.Config{
 		Client: o.client, Namespace: o.namespace, Service: o.service, Port: remote, LocalAddress: to,
-		Mode: mode, Match: mrules, Image: version.AgentImage(o.Image), ImagePullSecrets: o.ImagePullSecrets,
+		Mode: mode, Match: mrules, Protocol: o.Protocol, Image: version.AgentImage(o.Image), ImagePullSecrets: o.ImagePullSecrets,
 		Resources: res, ActiveDeadline: o.AgentDeadline, IdleGrace: o.IdleGrace, ServiceAccount: o.ServiceAccount,
 		Timeout: o.Timeout, Version: version.Version(),
 	}

@@ -91,6 +91,9 @@ func SniffProtocol(b []byte) (p Protocol, done bool) {
 		return ProtocolUnknown, true
 	}
 	l := bytes.TrimSuffix(line[:end], []byte{'\r'})
+	if bytes.IndexByte(l, '\r') >= 0 || bytes.IndexByte(l, 0) >= 0 {
+		return ProtocolUnknown, true // as decided above on a shorter prefix
+	}
 	if bytes.HasSuffix(l, []byte(" HTTP/1.1")) || bytes.HasSuffix(l, []byte(" HTTP/1.0")) {
 		if len(l) > i+1+len(" HTTP/1.1") {
 			return ProtocolHTTP1, true

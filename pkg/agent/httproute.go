@@ -100,12 +100,13 @@ func newHTTPPort(s *Server, p *DataPort) *httpPort {
 	hp.local1 = &http.Transport{DialContext: takeStream, DisableCompression: true, Protocols: protocols(true, false)}
 	hp.local2 = &http.Transport{DialContext: takeStream, DisableCompression: true, Protocols: protocols(false, true)}
 	hp.proxy = &httputil.ReverseProxy{
-		Director:      hp.direct,
-		Transport:     hp,
-		FlushInterval: -1, // stream as it comes: gRPC, server-sent events
-		ErrorHandler:  hp.proxyError,
-		ErrorLog:      errorLog,
-		BufferPool:    proxyBuffers{},
+		Director:       hp.direct,
+		Transport:      hp,
+		FlushInterval:  -1, // stream as it comes: gRPC, server-sent events
+		ModifyResponse: trailersOnly,
+		ErrorHandler:   hp.proxyError,
+		ErrorLog:       errorLog,
+		BufferPool:     proxyBuffers{},
 	}
 	hp.server = &http.Server{
 		Handler:   hp,
@@ -368,6 +369,26 @@ func (hp *httpPort) proxyError(w http.ResponseWriter, r *http.Request, err error
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusBadGateway)
 	_, _ = io.WriteString(w, msg)
+}
+
+// trailersOnly keeps a gRPC "trailers-only" answer (an error status in a lone HEADERS frame that
+// ends the stream) valid through the proxy: the proxy flushes response headers early, so the
+// status would end up in headers followed by an empty end of stream, which gRPC clients reject.
+// Sent as trailers after empty headers it means the same to every gRPC client.
+func trailersOnly(res *http.Response) error {
+	if res.ProtoMajor != 2 || res.Header.Get("Grpc-Status") == "" {
+		return nil
+	}
+	if res.Trailer == nil {
+		res.Trailer = http.Header{}
+	}
+	for _, k := range []string{"Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin"} {
+		if v, ok := res.Header[k]; ok {
+			res.Trailer[k] = v
+			delete(res.Header, k)
+		}
+	}
+	return nil
 }
 
 func isUpgrade(h http.Header) bool {

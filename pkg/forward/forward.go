@@ -413,6 +413,9 @@ func (f *Forwarder) handle(c net.Conn, ts *targetState, m Mapping) {
 	key := ts.t.portKey(m.Port)
 	ctx, cancel := context.WithTimeout(f.ctx, f.cfg.ConnectTimeout)
 	defer cancel()
+	// During a rollout a pod may still be listed as ready after it stopped listening: a
+	// connection it refuses moves to another pod with what the client already sent.
+	rc := newReplayConn(c)
 	tried := map[portforward.PodRef]bool{}
 	var lastErr error
 	for attempt := 0; attempt < maxPodAttempts; attempt++ {
@@ -437,10 +440,21 @@ func (f *Forwarder) handle(c net.Conn, ts *targetState, m Mapping) {
 			continue
 		}
 		klog.V(4).InfoS("Forwarding connection", "target", ts.t.Display, "from", c.RemoteAddr(), "pod", b.Pod, "port", b.Ports[key])
-		res := f.cfg.Buffers.Pipe(c, s)
+		res := f.cfg.Buffers.Pipe(rc, s)
 		release()
+		if res.Received == 0 && neverConnected(res.RemoteErr) && f.ctx.Err() == nil && rc.rewind() {
+			tried[b.Pod] = true
+			lastErr = res.RemoteErr
+			klog.V(1).InfoS("Pod refused the connection; trying another pod", "target", ts.t.Display, "pod", b.Pod, "err", res.RemoteErr)
+			continue
+		}
+		rc.stop()
 		if res.RemoteErr != nil {
 			klog.V(1).InfoS("Connection ended by the pod with an error", "target", ts.t.Display, "pod", b.Pod, "err", res.RemoteErr)
+			// Pass the reset on, so that the client sees what an in-cluster client would.
+			if tcp, ok := c.(*net.TCPConn); ok {
+				_ = tcp.SetLinger(0)
+			}
 		}
 		klog.V(4).InfoS("Connection closed", "target", ts.t.Display, "pod", b.Pod, "sent", res.Sent, "received", res.Received)
 		return

@@ -286,3 +286,49 @@ func TestForwarderCloseEndsConnections(t *testing.T) {
 		t.Error("listener still open after Close")
 	}
 }
+
+// TestForwarderRetriesRefusedConnections: a pod still listed as ready has stopped listening (it
+// got SIGTERM during a rollout). New connections must reach the other pod, with the bytes the
+// client sent first.
+func TestForwarderRetriesRefusedConnections(t *testing.T) {
+	e := newEnv(t)
+	e.addPod(t, "web-1")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mu.Lock()
+	e.servers["web-dying"] = l.Addr().String()
+	e.mu.Unlock()
+	l.Close()
+	e.setEndpoints(t, map[string]bool{"web-1": true, "web-dying": true})
+	f, addr := e.start(t, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6; i++ {
+		pod, c := ask(t, addr)
+		if pod != "web-1" {
+			t.Fatalf("connection %d answered by %q, want web-1", i, pod)
+		}
+		c.Close()
+	}
+}
+
+func TestNeverConnected(t *testing.T) {
+	for msg, want := range map[string]bool{
+		`error forwarding port 8080 to pod abc: failed to connect to localhost:8080 inside namespace "x": dial tcp4 127.0.0.1:8080: connect: connection refused`: true,
+		`failed to find sandbox "abc" in store: not found`:                          true,
+		`read tcp4 127.0.0.1:41234->127.0.0.1:8080: read: connection reset by peer`: false,
+		`writeto tcp 127.0.0.1:1->127.0.0.1:2: write: broken pipe`:                  false,
+	} {
+		if got := neverConnected(fmt.Errorf("%s", msg)); got != want {
+			t.Errorf("neverConnected(%q) = %v, want %v", msg, got, want)
+		}
+	}
+	if neverConnected(nil) {
+		t.Error("nil error counted as refused")
+	}
+}

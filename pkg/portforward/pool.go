@@ -63,6 +63,9 @@ type podConn struct {
 
 	nextRequestID atomic.Int64
 	active        atomic.Int32
+	// retired connections take no new streams and close when their last stream ends.
+	retired   atomic.Bool
+	closeOnce sync.Once
 }
 
 func (c *podConn) dead() bool {
@@ -161,7 +164,38 @@ func (p *Pool) Close() {
 func (c *podConn) close() {
 	<-c.ready
 	if c.conn != nil {
-		c.conn.Close()
+		c.closeOnce.Do(func() { c.conn.Close() })
+	}
+}
+
+// retire stops giving c new streams and closes it once its streams have ended.
+//
+// Called when the kubelet reports an error on one stream. The streams that remain keep running
+// (one connection reset by the application must not end the others, unlike client-go's
+// PortForwarder, kubernetes#111825), but the connection is not used for new streams: the server's
+// SPDY implementation (moby/spdystream) hands incoming frames to five workers by stream id and a
+// worker blocks until the stream's reader takes the data. When the kubelet gave up on a stream
+// (connection refused or reset in the pod) nobody reads the data the client had already sent,
+// and that worker, with every later stream hashed to it, is stuck for the connection's life.
+func (c *podConn) retire() {
+	if c.retired.Swap(true) {
+		return
+	}
+	c.pool.mu.Lock()
+	if c.pool.conns[c.pod] == c {
+		delete(c.pool.conns, c.pod)
+	}
+	c.pool.mu.Unlock()
+	klog.V(3).InfoS("Port-forward connection retired after a stream error; new streams use a new connection", "pod", c.pod)
+	if c.active.Load() == 0 {
+		c.close()
+	}
+}
+
+// release accounts for a stream that ended.
+func (c *podConn) release() {
+	if c.active.Add(-1) == 0 && c.retired.Load() {
+		c.close()
 	}
 }
 

@@ -164,11 +164,12 @@ func TestStreamErrorKeepsOtherStreams(t *testing.T) {
 	lr := bufio.NewReader(long)
 	roundTrip(t, long, lr, "before")
 
-	// Refused by the pod.
+	// Refused by the pod, with data already sent that the kubelet will never read.
 	bad, err := c.pool.Dial(ctx, podA, 81)
 	if err != nil {
 		t.Fatal(err)
 	}
+	io.WriteString(bad, "GET / HTTP/1.1\r\n\r\n")
 	if _, err := io.ReadAll(bad); err != nil {
 		t.Fatal(err)
 	}
@@ -189,16 +190,24 @@ func TestStreamErrorKeepsOtherStreams(t *testing.T) {
 	if got := roundTrip(t, long, lr, "after"); got != "a:after" {
 		t.Errorf("long-lived stream got %q", got)
 	}
-	fresh, err := c.pool.Dial(ctx, podA, 80)
-	if err != nil {
-		t.Fatal(err)
+	// New streams must not land on a server frame worker wedged by the refused stream's unread
+	// data: ten of them cover every stream-id partition.
+	for i := 0; i < 10; i++ {
+		fresh, err := c.pool.Dial(ctx, podA, 80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := roundTrip(t, fresh, bufio.NewReader(fresh), "fresh"); got != "a:fresh" {
+			t.Errorf("fresh stream got %q", got)
+		}
+		fresh.Close()
 	}
-	defer fresh.Close()
-	if got := roundTrip(t, fresh, bufio.NewReader(fresh), "fresh"); got != "a:fresh" {
-		t.Errorf("fresh stream got %q", got)
+	if got := roundTrip(t, long, lr, "still"); got != "a:still" {
+		t.Errorf("long-lived stream got %q", got)
 	}
-	if n := c.kubelet.Connections(); n != 1 {
-		t.Errorf("kubelet saw %d connections, want 1", n)
+	// The first connection was retired after the refusal, the second after the reset.
+	if n := c.kubelet.Connections(); n != 3 {
+		t.Errorf("kubelet saw %d connections, want 3", n)
 	}
 }
 

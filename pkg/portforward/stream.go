@@ -54,6 +54,7 @@ func newStream(pc *podConn, port int32, data, errs httpstream.Stream) *Stream {
 		switch {
 		case len(msg) > 0:
 			s.remoteErr = fmt.Errorf("pod %s port %d: %s", pc.pod, port, msg)
+			pc.retire()
 		case err != nil && !errors.Is(err, io.EOF):
 			s.remoteErr = fmt.Errorf("read error stream of pod %s port %d: %w", pc.pod, port, err)
 		}
@@ -84,7 +85,7 @@ func (s *Stream) Close() error {
 		_ = s.data.Reset()
 		_ = s.errs.Reset()
 		s.pc.conn.RemoveStreams(s.data, s.errs)
-		s.pc.active.Add(-1)
+		s.pc.release()
 	})
 	return nil
 }

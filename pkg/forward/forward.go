@@ -203,6 +203,23 @@ func (f *Forwarder) WaitReady(ctx context.Context) error {
 	}
 }
 
+// Probe opens the port-forward connection to one ready pod of every target, so that a problem on
+// the way (RBAC forbidding pods/portforward, a proxy refusing the upgrade, an unreachable kubelet)
+// is reported before the forward is announced rather than on the first client connection.
+func (f *Forwarder) Probe(ctx context.Context) error {
+	for _, ts := range f.targets {
+		b, release, err := ts.backends.acquire(ctx, ts.t.portKey(ts.t.Ports[0]), nil)
+		if err != nil {
+			return fmt.Errorf("%s in namespace %s: no ready pod to probe: %w", ts.t.Display, ts.t.Namespace, err)
+		}
+		release()
+		if err := f.cfg.Pool.Warm(ctx, b.Pod); err != nil {
+			return fmt.Errorf("%s in namespace %s: %w", ts.t.Display, ts.t.Namespace, err)
+		}
+	}
+	return nil
+}
+
 // State returns a target's current state and ready pod count.
 func (f *Forwarder) State(t *Target) (State, int) {
 	ts := f.stateOf(t)

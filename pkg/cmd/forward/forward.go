@@ -267,6 +267,15 @@ func (o *Options) Run(ctx context.Context) error {
 	if err := o.waitReady(ctx, fw); err != nil {
 		return err
 	}
+	pctx, cancel := context.WithTimeout(ctx, portforward.DefaultDialTimeout)
+	err = fw.Probe(pctx)
+	cancel()
+	if err != nil {
+		if apierrors.IsForbidden(err) || strings.Contains(err.Error(), "forbidden") {
+			return fmt.Errorf("cannot port-forward: %w; ask for 'create' on pods/portforward in namespace %s (see 'kubectl bridge doctor')", err, o.namespace)
+		}
+		return fmt.Errorf("cannot port-forward: %w; check the connection with 'kubectl bridge doctor'", err)
+	}
 
 	sess, err := o.createSession(ctx, fw.Mappings())
 	if err != nil {

@@ -98,6 +98,8 @@ type Options struct {
 	Output            string
 	ConnectTimeout    time.Duration
 	PodRunningTimeout time.Duration
+	// BufferSize is the copy buffer per direction and connection (hidden flag, for measurements).
+	BufferSize int
 
 	targets   []lib.TargetArg
 	command   []string
@@ -151,6 +153,8 @@ func NewCmdForward(f cmdutil.Factory, streams genericiooptions.IOStreams) *cobra
 	flags.StringVar(&o.EnvFile, "env-file", o.EnvFile, "Write the BRIDGE_* variables of the forwarded ports to this file (dotenv format).")
 	flags.StringVarP(&o.Output, "output", "o", o.Output, "Output format: json prints the port mapping once, for scripts.")
 	flags.DurationVar(&o.ConnectTimeout, "connect-timeout", o.ConnectTimeout, "How long a new local connection waits for a ready pod before it is closed.")
+	flags.IntVar(&o.BufferSize, "buffer-size", portforward.DefaultBufferSize, "Copy buffer per direction and connection, in bytes.")
+	_ = flags.MarkHidden("buffer-size")
 	cmdutil.AddPodRunningTimeoutFlag(cmd, defaultPodRunningTimeout)
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
@@ -252,6 +256,7 @@ func (o *Options) Run(ctx context.Context) error {
 	fw, err := lib.New(lib.Config{
 		Client:         o.client,
 		Pool:           pool,
+		Buffers:        portforward.NewBuffers(o.BufferSize),
 		Targets:        targets,
 		Addresses:      o.addrs,
 		StrictPorts:    o.StrictPorts,

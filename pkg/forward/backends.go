@@ -32,10 +32,11 @@ func backendsFromSlices(namespace string, slices []*discoveryv1.EndpointSlice) [
 			if ep.TargetRef == nil || ep.TargetRef.Kind != "Pod" {
 				continue // endpoints not backed by a pod cannot be port-forwarded
 			}
-			b := byPod[ep.TargetRef.Name]
+			key := ep.TargetRef.Name + "/" + string(ep.TargetRef.UID)
+			b := byPod[key]
 			if b == nil {
-				b = &Backend{Pod: portforward.PodRef{Namespace: namespace, Name: ep.TargetRef.Name}, Ports: map[string]int32{}}
-				byPod[ep.TargetRef.Name] = b
+				b = &Backend{Pod: portforward.PodRef{Namespace: namespace, Name: ep.TargetRef.Name, UID: ep.TargetRef.UID}, Ports: map[string]int32{}}
+				byPod[key] = b
 			}
 			// A nil ready condition means "unknown" and is to be treated as ready.
 			if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
@@ -63,7 +64,7 @@ func backendsFromPods(t *Target, pods []*corev1.Pod) []Backend {
 		if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 			continue
 		}
-		b := &Backend{Pod: portforward.PodRef{Namespace: pod.Namespace, Name: pod.Name}, Ready: podReady(pod), Ports: map[string]int32{}}
+		b := &Backend{Pod: portforward.PodRef{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}, Ready: podReady(pod), Ports: map[string]int32{}}
 		for _, p := range t.Ports {
 			if p.ContainerPort.Type == intstr.Int {
 				b.Ports[t.portKey(p)] = p.ContainerPort.IntVal
@@ -71,7 +72,7 @@ func backendsFromPods(t *Target, pods []*corev1.Pod) []Backend {
 				b.Ports[t.portKey(p)] = n
 			}
 		}
-		byPod[pod.Name] = b
+		byPod[pod.Name+"/"+string(pod.UID)] = b
 	}
 	return sortedBackends(byPod)
 }
@@ -93,7 +94,12 @@ func sortedBackends(m map[string]*Backend) []Backend {
 	for _, b := range m {
 		out = append(out, *b)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Pod.Name < out[j].Pod.Name })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Pod.Name != out[j].Pod.Name {
+			return out[i].Pod.Name < out[j].Pod.Name
+		}
+		return out[i].Pod.UID < out[j].Pod.UID
+	})
 	return out
 }
 

@@ -98,3 +98,18 @@ func TestBackendSetUpdateAndWait(t *testing.T) {
 		t.Errorf("readyCount %d", s.readyCount())
 	}
 }
+
+// A StatefulSet pod recreated under the same name is a new backend: the old incarnation's
+// connections are evicted and the new one gets its own.
+func TestBackendSetRecreatedPod(t *testing.T) {
+	s := newBackendSet()
+	old := be("db-0", true)
+	old.Pod.UID = "uid-1"
+	s.update([]Backend{old})
+	recreated := be("db-0", true)
+	recreated.Pod.UID = "uid-2"
+	ready, gone := s.update([]Backend{recreated})
+	if len(gone) != 1 || gone[0].UID != "uid-1" || len(ready) != 1 || ready[0].UID != "uid-2" {
+		t.Errorf("ready %v gone %v", ready, gone)
+	}
+}

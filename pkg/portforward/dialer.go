@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"sync/atomic"
 
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/rest"
 	clientportforward "k8s.io/client-go/tools/portforward"
@@ -26,10 +27,12 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// PodRef names a pod.
+// PodRef names a pod. UID, when known, tells incarnations of a same-named pod apart (a
+// StatefulSet pod that was recreated): each gets its own connection.
 type PodRef struct {
 	Namespace string
 	Name      string
+	UID       types.UID
 }
 
 // String returns namespace/name.

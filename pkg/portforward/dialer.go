@@ -15,15 +15,20 @@ package portforward
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync/atomic"
 
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/httpstream"
+	spdystream "k8s.io/apimachinery/pkg/util/httpstream/spdy"
+	portforwardconstants "k8s.io/apimachinery/pkg/util/portforward"
 	"k8s.io/client-go/rest"
 	clientportforward "k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
+	"k8s.io/client-go/transport/websocket"
 	"k8s.io/klog/v2"
 )
 
@@ -48,6 +53,10 @@ type ConnectionDialer interface {
 // (SPDY tunnelled over WebSocket, the only way through some proxies and the default since
 // Kubernetes 1.31), falling back to a SPDY upgrade when the server does not support it.
 type RESTDialer struct {
+	// CoalesceFrames writes each SPDY frame to the WebSocket tunnel as one message instead of
+	// three or more (see frameCoalescer); on by default.
+	CoalesceFrames bool
+
 	config     *rest.Config
 	client     rest.Interface
 	websockets bool
@@ -60,7 +69,7 @@ type RESTDialer struct {
 // clientset.CoreV1().RESTClient()), used to build the pods/portforward URLs. websockets false
 // forces SPDY (kubectl's KUBECTL_PORT_FORWARD_WEBSOCKETS=false).
 func NewRESTDialer(config *rest.Config, client rest.Interface, websockets bool) *RESTDialer {
-	return &RESTDialer{config: config, client: client, websockets: websockets}
+	return &RESTDialer{config: config, client: client, websockets: websockets, CoalesceFrames: true}
 }
 
 // DialPod implements ConnectionDialer.
@@ -75,11 +84,7 @@ func (d *RESTDialer) DialPod(ctx context.Context, pod PodRef) (httpstream.Connec
 
 func (d *RESTDialer) dial(u *url.URL) (httpstream.Connection, string, error) {
 	if d.websockets && !d.spdyOnly.Load() {
-		ws, err := clientportforward.NewSPDYOverWebsocketDialer(u, d.config)
-		if err != nil {
-			return nil, "", err
-		}
-		conn, proto, err := ws.Dial(clientportforward.PortForwardProtocolV1Name)
+		conn, proto, err := d.dialWebSocket(u)
 		if err == nil || !(httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)) {
 			return conn, proto, err
 		}
@@ -91,6 +96,34 @@ func (d *RESTDialer) dial(u *url.URL) (httpstream.Connection, string, error) {
 		return nil, "", err
 	}
 	return spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u).Dial(clientportforward.PortForwardProtocolV1Name)
+}
+
+// dialWebSocket is client-go's NewSPDYOverWebsocketDialer with the frame coalescer between the
+// SPDY connection and the WebSocket.
+func (d *RESTDialer) dialWebSocket(u *url.URL) (httpstream.Connection, string, error) {
+	transport, holder, err := websocket.RoundTripperFor(d.config)
+	if err != nil {
+		return nil, "", err
+	}
+	req, err := http.NewRequest(http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	ws, err := websocket.Negotiate(transport, holder, req, portforwardconstants.WebsocketsSPDYTunnelingPortForwardV1)
+	if err != nil {
+		return nil, "", err
+	}
+	protocol := strings.TrimPrefix(ws.Subprotocol(), portforwardconstants.WebsocketsSPDYTunnelingPrefix)
+	var conn net.Conn = clientportforward.NewTunnelingConnection("client", ws)
+	if d.CoalesceFrames {
+		conn = &frameCoalescer{Conn: conn}
+	}
+	spdyConn, err := spdystream.NewClientConnectionWithPings(conn, clientportforward.PingPeriod)
+	if err != nil {
+		conn.Close()
+		return nil, "", err
+	}
+	return spdyConn, protocol, nil
 }
 
 // dialContext runs a context-less httpstream dial, returning early when ctx ends; a connection

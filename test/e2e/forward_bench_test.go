@@ -96,9 +96,16 @@ func TestForwardThroughput(t *testing.T) {
 	}
 	results := map[string]float64{}
 	results["kubectl port-forward (client-go)"] = best(kubectlPortForward(t, ns, pod))
-	for _, size := range []int{32 << 10, 128 << 10, 512 << 10} {
-		p, doc := startForward(t, ns, "svc/echo", "--buffer-size", strconv.Itoa(size))
-		results[fmt.Sprintf("kubectl bridge forward, %d KiB buffers", size>>10)] = best(doc.url(t, "svc/echo", ""))
+	for _, v := range []struct {
+		size     int
+		coalesce bool
+	}{{32 << 10, true}, {128 << 10, true}, {512 << 10, true}, {128 << 10, false}} {
+		p, doc := startForward(t, ns, "svc/echo", "--buffer-size", strconv.Itoa(v.size), "--coalesce-frames="+strconv.FormatBool(v.coalesce))
+		name := fmt.Sprintf("kubectl bridge forward, %d KiB buffers", v.size>>10)
+		if !v.coalesce {
+			name += ", frames not coalesced"
+		}
+		results[name] = best(doc.url(t, "svc/echo", ""))
 		p.Signal(syscall.SIGINT)
 		p.Wait(30 * time.Second)
 	}

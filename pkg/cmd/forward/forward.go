@@ -100,6 +100,8 @@ type Options struct {
 	PodRunningTimeout time.Duration
 	// BufferSize is the copy buffer per direction and connection (hidden flag, for measurements).
 	BufferSize int
+	// CoalesceFrames sends each SPDY frame as one WebSocket message (hidden flag, for measurements).
+	CoalesceFrames bool
 
 	targets   []lib.TargetArg
 	command   []string
@@ -121,6 +123,7 @@ func NewOptions(streams genericiooptions.IOStreams) *Options {
 		Addresses:         []string{"127.0.0.1"},
 		ConnectTimeout:    lib.DefaultConnectTimeout,
 		PodRunningTimeout: defaultPodRunningTimeout,
+		CoalesceFrames:    true,
 		IOStreams:         streams,
 	}
 }
@@ -155,6 +158,8 @@ func NewCmdForward(f cmdutil.Factory, streams genericiooptions.IOStreams) *cobra
 	flags.DurationVar(&o.ConnectTimeout, "connect-timeout", o.ConnectTimeout, "How long a new local connection waits for a ready pod before it is closed.")
 	flags.IntVar(&o.BufferSize, "buffer-size", portforward.DefaultBufferSize, "Copy buffer per direction and connection, in bytes.")
 	_ = flags.MarkHidden("buffer-size")
+	flags.BoolVar(&o.CoalesceFrames, "coalesce-frames", o.CoalesceFrames, "Send each SPDY frame as one WebSocket message.")
+	_ = flags.MarkHidden("coalesce-frames")
 	cmdutil.AddPodRunningTimeoutFlag(cmd, defaultPodRunningTimeout)
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
@@ -250,7 +255,9 @@ func (o *Options) Run(ctx context.Context) error {
 		events = o.ErrOut
 	}
 
-	pool := portforward.NewPool(portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(), o.websockets), portforward.Options{})
+	dialer := portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(), o.websockets)
+	dialer.CoalesceFrames = o.CoalesceFrames
+	pool := portforward.NewPool(dialer, portforward.Options{})
 	defer pool.Close()
 	printer := &eventPrinter{w: events}
 	fw, err := lib.New(lib.Config{

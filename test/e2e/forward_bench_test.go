@@ -41,6 +41,24 @@ func download(t *testing.T, url string) float64 {
 	return float64(n) / 1e6 / time.Since(start).Seconds()
 }
 
+// requestRate sends sequential small requests on one keep-alive connection and returns requests
+// per second: the latency side of a port-forward (each request is a couple of small frames).
+func requestRate(t *testing.T, url string) float64 {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: time.Minute}
+	const n = 300
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		resp, err := client.Get(url + "/rate")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	return n / time.Since(start).Seconds()
+}
+
 // kubectlPortForward forwards a local port to pod:8080 with client-go's PortForwarder, exactly
 // what `kubectl port-forward` runs (WebSocket with SPDY fallback).
 func kubectlPortForward(t *testing.T, ns, pod string) string {
@@ -84,6 +102,8 @@ func TestForwardThroughput(t *testing.T) {
 		pod = p
 	}
 	const rounds = 3
+	rates := map[string]float64{}
+	results := map[string]float64{}
 	best := func(url string) float64 {
 		download(t, url) // warm-up: connection set-up is not throughput
 		var b float64
@@ -94,8 +114,9 @@ func TestForwardThroughput(t *testing.T) {
 		}
 		return b
 	}
-	results := map[string]float64{}
-	results["kubectl port-forward (client-go)"] = best(kubectlPortForward(t, ns, pod))
+	kpf := kubectlPortForward(t, ns, pod)
+	results["kubectl port-forward (client-go)"] = best(kpf)
+	rates["kubectl port-forward (client-go)"] = requestRate(t, kpf)
 	for _, v := range []struct {
 		size     int
 		coalesce bool
@@ -106,6 +127,7 @@ func TestForwardThroughput(t *testing.T) {
 			name += ", frames not coalesced"
 		}
 		results[name] = best(doc.url(t, "svc/echo", ""))
+		rates[name] = requestRate(t, doc.url(t, "svc/echo", ""))
 		p.Signal(syscall.SIGINT)
 		p.Wait(30 * time.Second)
 	}
@@ -115,9 +137,13 @@ func TestForwardThroughput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	results["direct to the pod IP"] = best("http://" + net.JoinHostPort(p.Status.PodIP, "8080"))
+	direct := "http://" + net.JoinHostPort(p.Status.PodIP, "8080")
+	results["direct to the pod IP"] = best(direct)
+	rates["direct to the pod IP"] = requestRate(t, direct)
 	base := results["kubectl port-forward (client-go)"]
+	baseRate := rates["kubectl port-forward (client-go)"]
 	for name, v := range results {
-		t.Logf("%-45s %8.1f MB/s  (%.2fx kubectl port-forward)", name, v, v/base)
+		t.Logf("%-60s download %8.1f MB/s (%.2fx kubectl port-forward), %7.0f requests/s on one connection (%.2fx)",
+			name, v, v/base, rates[name], rates[name]/baseRate)
 	}
 }

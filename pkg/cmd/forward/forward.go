@@ -277,6 +277,10 @@ func (o *Options) Run(ctx context.Context) error {
 	fw.Start(ctx)
 
 	if err := o.waitReady(ctx, fw); err != nil {
+		if ctx.Err() != nil {
+			// Ctrl-C while waiting: nothing was created, nothing to report.
+			return exitcode.Silent(130, err)
+		}
 		return err
 	}
 	pctx, cancel := context.WithTimeout(ctx, portforward.DefaultDialTimeout)

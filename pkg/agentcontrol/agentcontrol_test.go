@@ -1,0 +1,162 @@
+package agentcontrol
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/agent"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/objects"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/redirect"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/session"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
+)
+
+var t0 = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+
+type fakeServer struct {
+	sessions []agent.SessionSpec
+	evicted  []string
+}
+
+func (f *fakeServer) Sessions() []agent.SessionSpec { return f.sessions }
+func (f *fakeServer) Evict(id, _ string) bool {
+	f.evicted = append(f.evicted, id)
+	return true
+}
+
+func lease(t *testing.T, id string, renewed time.Time) *coordinationv1.Lease {
+	t.Helper()
+	l, err := session.NewLease("dev", id, "me@laptop", 30*time.Second, session.Spec{
+		Kind: session.KindIntercept, User: "me", Host: "laptop", StartTime: renewed,
+		Intercept: &session.InterceptSpec{Service: "api", Port: 80, PortName: "http", Mode: "steal", TokenHash: tunnel.HashToken("tok")},
+	}, renewed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func setup(t *testing.T, objs ...runtime.Object) (*Controller, *fake.Clientset, *clocktesting.FakeClock) {
+	t.Helper()
+	orig := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "dev"},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "api"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+	}
+	agentPod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "agent-pod", Namespace: "dev"},
+		Status:     corev1.PodStatus{Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+	}
+	job := objects.AgentJob(objects.AgentParams{Namespace: "dev", Service: "api"})
+	c := fake.NewClientset(append([]runtime.Object{orig, agentPod, job}, objs...)...)
+	clk := clocktesting.NewFakeClock(t0)
+	ctl := New(Config{Client: c, Namespace: "dev", Service: "api", PodName: "agent-pod", IdleGrace: 30 * time.Second, Clock: clk})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := ctl.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return ctl, c, clk
+}
+
+func getService(t *testing.T, c *fake.Clientset) *corev1.Service {
+	t.Helper()
+	svc, err := c.CoreV1().Services("dev").Get(context.Background(), "api", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+func TestLookupFromLease(t *testing.T) {
+	ctl, _, clk := setup(t, lease(t, "live0001", t0))
+	spec, err := ctl.Lookup(context.Background(), "live0001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Port != 80 || spec.PortName != "http" || spec.Mode != tunnel.ModeSteal || !tunnel.VerifyToken(spec.TokenHash, "tok") || spec.User != "me on laptop" {
+		t.Fatalf("spec = %+v", spec)
+	}
+	if _, err := ctl.Lookup(context.Background(), "nope0001"); !errors.Is(err, agent.ErrUnknownSession) {
+		t.Fatalf("unknown session: %v", err)
+	}
+	clk.Step(time.Minute)
+	var refused *tunnel.RefusedError
+	if _, err := ctl.Lookup(context.Background(), "live0001"); !errors.As(err, &refused) || refused.Retryable {
+		t.Fatalf("expired session: want a permanent refusal, got %v", err)
+	}
+}
+
+func TestSwitchesWhileLiveAndHealsAReset(t *testing.T) {
+	ctl, c, _ := setup(t, lease(t, "live0001", t0))
+	srv := &fakeServer{}
+	ctx := context.Background()
+	if _, done, err := ctl.check(ctx, srv); done || err != nil {
+		t.Fatalf("check = %v, %v", done, err)
+	}
+	if !redirect.Switched(getService(t, c)) {
+		t.Fatalf("a live session and a Ready agent: service not switched: %v", getService(t, c).Spec.Selector)
+	}
+	// Someone re-applies the original selector (GitOps).
+	svc := getService(t, c)
+	svc.Spec.Selector = map[string]string{"app": "api"}
+	if _, err := c.CoreV1().Services("dev").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitCache(t, func() bool { s, _ := ctl.services.Services("dev").Get("api"); return !redirect.Switched(s) })
+	if _, _, err := ctl.check(ctx, srv); err != nil {
+		t.Fatal(err)
+	}
+	if svc := getService(t, c); !redirect.Switched(svc) || !maps.Equal(objects.OriginalSelector(svc), map[string]string{"app": "api"}) {
+		t.Fatalf("after a reset: selector %v annotations %v", svc.Spec.Selector, svc.Annotations)
+	}
+}
+
+func TestEvictsAndTearsDownWhenIdle(t *testing.T) {
+	ctl, c, clk := setup(t, lease(t, "dead0001", t0))
+	srv := &fakeServer{sessions: []agent.SessionSpec{{ID: "dead0001"}}}
+	ctx := context.Background()
+	if _, err := redirect.Switch(ctx, c.CoreV1(), "dev", "api"); err != nil {
+		t.Fatal(err)
+	}
+	waitCache(t, func() bool { s, _ := ctl.services.Services("dev").Get("api"); return redirect.Switched(s) })
+
+	clk.Step(31 * time.Second) // the Lease expires
+	if _, done, _ := ctl.check(ctx, srv); done {
+		t.Fatal("torn down before the idle grace")
+	}
+	if len(srv.evicted) != 1 || srv.evicted[0] != "dead0001" {
+		t.Fatalf("evicted = %v, want the expired session", srv.evicted)
+	}
+	clk.Step(31 * time.Second)
+	out, done, err := ctl.check(ctx, srv)
+	if !done || err != nil || out != OutcomeIdle {
+		t.Fatalf("after the grace: %v %v %v", out, done, err)
+	}
+	if svc := getService(t, c); redirect.Switched(svc) || svc.Spec.Selector["app"] != "api" {
+		t.Fatalf("service not restored: %v", svc.Spec.Selector)
+	}
+	if _, err := c.BatchV1().Jobs("dev").Get(ctx, objects.AgentName("api"), metav1.GetOptions{}); err == nil {
+		t.Fatal("agent job not deleted")
+	}
+}
+
+func waitCache(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("informer cache never caught up")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -199,6 +199,10 @@ type Summary struct {
 	Errors  []string       `json:"errors"`
 	Last    *EchoReply     `json:"last"`
 	Elapsed string         `json:"elapsed"`
+	P50Ms   float64        `json:"p50ms"`
+	P99Ms   float64        `json:"p99ms"`
+	Bytes   int64          `json:"bytes"`
+	MBps    float64        `json:"mbps"`
 }
 
 // EchoReply is the echo server's answer to one request.

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -114,13 +115,17 @@ func serve(args []string) error {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("X-Served-By", pod)
 		_ = json.NewEncoder(w).Encode(Reply{
 			Pod: pod, Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Proto: r.Proto,
 			Host: r.Host, Headers: r.Header, Body: string(body),
 		})
 	})
-	handler := h2c.NewHandler(mux, &http2.Server{})
+	// Every answer names its pod, bulk downloads included.
+	servedBy := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Served-By", pod)
+		mux.ServeHTTP(w, r)
+	})
+	handler := h2c.NewHandler(servedBy, &http2.Server{})
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -157,6 +162,12 @@ type Summary struct {
 	Errors  []string       `json:"errors,omitempty"`
 	Last    *Reply         `json:"last,omitempty"`
 	Elapsed string         `json:"elapsed"`
+	// P50Ms and P99Ms are the latencies of the successful requests, in milliseconds.
+	P50Ms float64 `json:"p50ms"`
+	P99Ms float64 `json:"p99ms"`
+	// Bytes is the body bytes received; MBps the rate over the whole run (with --discard).
+	Bytes int64   `json:"bytes"`
+	MBps  float64 `json:"mbps"`
 }
 
 type headerFlags []string
@@ -170,6 +181,7 @@ func get(args []string) error {
 	newConn := fs.Bool("new-conn", false, "open a new TCP connection for every request")
 	timeout := fs.Duration("timeout", 5*time.Second, "timeout of each request")
 	interval := fs.Duration("interval", 0, "pause between requests")
+	discard := fs.Bool("discard", false, "count the body bytes instead of parsing the answer (bulk downloads)")
 	var headers headerFlags
 	fs.Var(&headers, "H", "request header Name=Value (repeatable)")
 	_ = fs.Parse(args)
@@ -180,12 +192,15 @@ func get(args []string) error {
 	tr := &http.Transport{DialContext: (&net.Dialer{Timeout: *timeout}).DialContext, DisableKeepAlives: *newConn}
 	client := &http.Client{Transport: tr, Timeout: *timeout}
 	sum := Summary{Pods: map[string]int{}}
+	var lat []time.Duration
 	start := time.Now()
 	for i := 0; i < *count; i++ {
 		if i > 0 && *interval > 0 {
 			time.Sleep(*interval)
 		}
-		rep, err := once(client, url, headers)
+		t0 := time.Now()
+		rep, n, err := once(client, url, headers, *discard)
+		sum.Bytes += n
 		if err != nil {
 			sum.Failed++
 			if len(sum.Errors) < 10 {
@@ -193,42 +208,55 @@ func get(args []string) error {
 			}
 			continue
 		}
+		lat = append(lat, time.Since(t0))
 		sum.OK++
 		sum.Pods[rep.Pod]++
 		sum.Last = rep
 	}
-	sum.Elapsed = time.Since(start).String()
+	elapsed := time.Since(start)
+	sum.Elapsed = elapsed.String()
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		ms := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
+		sum.P50Ms, sum.P99Ms = ms(0.50), ms(0.99)
+	}
+	sum.MBps = float64(sum.Bytes) / 1e6 / elapsed.Seconds()
 	return json.NewEncoder(os.Stdout).Encode(sum)
 }
 
-func once(client *http.Client, url string, headers []string) (*Reply, error) {
+func once(client *http.Client, url string, headers []string, discard bool) (*Reply, int64, error) {
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	for _, h := range headers {
 		k, v, ok := strings.Cut(h, "=")
 		if !ok {
-			return nil, fmt.Errorf("header %q is not Name=Value", h)
+			return nil, 0, fmt.Errorf("header %q is not Name=Value", h)
 		}
 		req.Header.Add(k, v)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer resp.Body.Close()
+	if discard && resp.StatusCode == http.StatusOK {
+		n, err := io.Copy(io.Discard, resp.Body)
+		return &Reply{Pod: resp.Header.Get("X-Served-By")}, n, err
+	}
 	body, err := io.ReadAll(resp.Body)
+	n := int64(len(body))
 	if err != nil {
-		return nil, err
+		return nil, n, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("status %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
+		return nil, n, fmt.Errorf("status %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
 	}
 	var rep Reply
 	if err := json.Unmarshal(body, &rep); err != nil {
 		// Not our echo server (e.g. a developer's local app answering a stolen request): report the body.
-		return &Reply{Pod: "(non-echo) " + strings.TrimSpace(string(body))}, nil
+		return &Reply{Pod: "(non-echo) " + strings.TrimSpace(string(body))}, n, nil
 	}
-	return &rep, nil
+	return &rep, n, nil
 }

@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 .SHELLFLAGS := -o errexit -o nounset -o pipefail -c
 
-.PHONY: build test unit verify e2e cluster-up cluster-down demo
+.PHONY: build test unit verify e2e bench cluster-up cluster-down demo
 
 build:
 	go build -o _output/bin/ ./cmd/...
@@ -27,3 +27,7 @@ cluster-down:
 
 demo:
 	hack/demo.sh
+
+# bench measures (docs/benchmarks.md); it is not part of test.
+bench:
+	hack/bench.sh

@@ -1,0 +1,173 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubectl-bridge/kubectl-bridge/test/e2e/framework"
+)
+
+// BenchmarkInterceptPaths measures, in one run on the local cluster, the same echo app reached
+// (a) by an in-cluster client through the Service, the agent and the tunnel to a local process,
+// (b) from this machine through kubectl's port-forward to a pod, and (c) by an in-cluster client
+// directly at the pod. Run with hack/bench.sh; results go to docs/benchmarks.md.
+func BenchmarkInterceptPaths(b *testing.B) {
+	ns := fw.Namespace(b, nil)
+	echo := fw.DeployEcho(b, ns, "echo", framework.EchoOptions{})
+	client := fw.ClientPod(b, ns)
+	pod := ""
+	for p := range podNames(b, ns, "app=echo") {
+		pod = p
+	}
+	p, err := fw.Client.CoreV1().Pods(ns).Get(context.Background(), pod, metav1.GetOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	direct := "http://" + net.JoinHostPort(p.Status.PodIP, "8080")
+
+	// The developer's process: the same echo app, on loopback.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	local := ln.Addr().String()
+	ln.Close()
+	app := exec.Command(fw.BinDir+"/echo", "serve", "--listen", local)
+	app.Env = append(os.Environ(), "POD_NAME=laptop")
+	if err := app.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
+
+	kpf := kubectlPortForwardTB(b, ns, pod)
+
+	start := time.Now()
+	ic := fw.StartBridge(b, "intercept", "-n", ns, "svc/echo", "--to", local)
+	ic.WaitOutput("Tunnel connected", 90*time.Second)
+	var first time.Duration
+	_ = framework.Poll(context.Background(), 30*time.Second, func(context.Context) (bool, error) {
+		s := client.Get(b, echo.URL("/first"), "--new-conn", "--timeout", "2s")
+		if s.OK == 1 && s.Last != nil && s.Last.Pod == "laptop" {
+			first = time.Since(start)
+			return true, nil
+		}
+		return false, nil
+	})
+	b.Logf("command start to first intercepted request: %s", first.Round(time.Millisecond))
+
+	n := strconv.Itoa(b.N)
+	inCluster := func(name, url string, args ...string) {
+		b.Run(name, func(b *testing.B) {
+			s := client.Get(b, url, append([]string{"--count", n}, args...)...)
+			if s.Failed > 0 {
+				b.Fatalf("%d failed: %v", s.Failed, s.Errors)
+			}
+			b.ReportMetric(s.P50Ms, "p50-ms")
+			b.ReportMetric(s.P99Ms, "p99-ms")
+			if s.Bytes > 1<<20 {
+				b.ReportMetric(s.MBps, "MB/s")
+			}
+		})
+	}
+	inCluster("a-agent-tunnel/keepalive", echo.URL("/k"))
+	inCluster("a-agent-tunnel/newconn", echo.URL("/n"), "--new-conn")
+	inCluster("c-direct-pod/keepalive", direct+"/k")
+	inCluster("c-direct-pod/newconn", direct+"/n", "--new-conn")
+	b.Run("b-kubectl-port-forward/keepalive", func(b *testing.B) { localLatency(b, kpf+"/k", false) })
+	b.Run("b-kubectl-port-forward/newconn", func(b *testing.B) { localLatency(b, kpf+"/n", true) })
+	const bulk = "--discard"
+	size := strconv.Itoa(256 << 20)
+	b.Run("a-agent-tunnel/bulk", func(b *testing.B) {
+		s := client.Get(b, echo.URL("/bulk?bytes="+size), "--count", "3", bulk)
+		b.ReportMetric(s.MBps, "MB/s")
+	})
+	b.Run("c-direct-pod/bulk", func(b *testing.B) {
+		s := client.Get(b, direct+"/bulk?bytes="+size, "--count", "3", bulk)
+		b.ReportMetric(s.MBps, "MB/s")
+	})
+	b.Run("b-kubectl-port-forward/bulk", func(b *testing.B) {
+		t0 := time.Now()
+		var total int64
+		for i := 0; i < 3; i++ {
+			resp, err := http.Get(kpf + "/bulk?bytes=" + size)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, _ := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			total += n
+		}
+		b.ReportMetric(float64(total)/1e6/time.Since(t0).Seconds(), "MB/s")
+	})
+
+	t0 := time.Now()
+	ic.Signal(syscall.SIGINT)
+	ic.Wait(30 * time.Second)
+	b.Logf("Ctrl-C to exit with the service restored: %s", time.Since(t0).Round(time.Millisecond))
+}
+
+// localLatency sends b.N sequential requests from this machine and reports p50/p99.
+func localLatency(b *testing.B, url string, newConn bool) {
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: newConn}, Timeout: 30 * time.Second}
+	lat := make([]time.Duration, 0, b.N)
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		resp, err := c.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		lat = append(lat, time.Since(t0))
+	}
+	slices.Sort(lat)
+	ms := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(ms(0.5), "p50-ms")
+	b.ReportMetric(ms(0.99), "p99-ms")
+}
+
+// kubectlPortForwardTB runs the real kubectl (the machine's, or the one built from the pinned
+// kubectl module) `port-forward pod/NAME :8080` and returns the local URL.
+func kubectlPortForwardTB(b *testing.B, ns, pod string) string {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		b.Fatal("kubectl not on PATH: hack/bench.sh puts the pinned one there")
+	}
+	cmd := exec.Command(kubectl, "port-forward", "-n", ns, "pod/"+pod, ":8080")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+fw.Kubeconfig)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var line string
+	buf := make([]byte, 256)
+	nr, err := out.Read(buf)
+	if err != nil {
+		b.Fatal(err)
+	}
+	line = string(buf[:nr]) // "Forwarding from 127.0.0.1:PORT -> 8080"
+	var port int
+	if _, err := fmt.Sscanf(line, "Forwarding from 127.0.0.1:%d", &port); err != nil {
+		b.Fatalf("kubectl port-forward said %q", line)
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Stops the local cluster (whichever checkout started it) and removes everything it created on
+# the machine: processes, pod sandboxes, mounts, network namespaces, the CNI bridge, iptables
+# chains, cgroups. Logs stay in the state dir. Safe to run when nothing runs.
+set -o errexit -o nounset -o pipefail
+# shellcheck source=hack/lib/localkube.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/localkube.sh"
+
+[[ "$(id -u)" == 0 ]] || localkube::die "the local cluster needs root (containerd, iptables, mounts)"
+if [[ ! -e /var/lib/kubectl-bridge-localkube/cluster.json && ! -e /run/kubectl-bridge-localkube ]] \
+  && ! ip link show cni0 >/dev/null 2>&1; then
+  localkube::log "no local cluster on this machine"
+  exit 0
+fi
+localkube="$(localkube::build localkube)"
+"${localkube}" down --state-dir "${LOCALKUBE_STATE_DIR}"

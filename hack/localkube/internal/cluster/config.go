@@ -85,6 +85,21 @@ func writePKI(l layout, ip net.IP) error {
 			return err
 		}
 	}
+	// The aggregation layer's front proxy has a CA of its own, as in kubeadm clusters.
+	fpCA, fpPair, err := pki.NewCA("localkube-front-proxy-ca")
+	if err != nil {
+		return err
+	}
+	if err := fpPair.Write(dir, "front-proxy-ca"); err != nil {
+		return err
+	}
+	fpClient, err := fpCA.Issue(pki.Leaf{CommonName: "front-proxy-client", Client: true})
+	if err != nil {
+		return err
+	}
+	if err := fpClient.Write(dir, "front-proxy-client"); err != nil {
+		return err
+	}
 	key, pub, err := pki.NewKey()
 	if err != nil {
 		return err
@@ -307,6 +322,13 @@ func componentArgs(l layout, ip net.IP) map[string][]string {
 			"--service-account-key-file=" + p("sa.pub"),
 			"--service-account-signing-key-file=" + p("sa.key"),
 			"--service-cluster-ip-range=" + ServiceCIDR,
+			"--requestheader-client-ca-file=" + p("front-proxy-ca.crt"),
+			"--requestheader-allowed-names=front-proxy-client",
+			"--requestheader-username-headers=X-Remote-User",
+			"--requestheader-group-headers=X-Remote-Group",
+			"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+			"--proxy-client-cert-file=" + p("front-proxy-client.crt"),
+			"--proxy-client-key-file=" + p("front-proxy-client.key"),
 			"--authorization-mode=Node,RBAC",
 			"--enable-admission-plugins=NodeRestriction",
 			"--allow-privileged=true",

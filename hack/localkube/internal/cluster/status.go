@@ -32,8 +32,8 @@ func Status(ctx context.Context, o *Options, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "  %-24s pid %-8d %s\n", p.Name, p.PID, state)
 	}
-	for _, p := range dead {
-		return crashError(p)
+	if len(dead) > 0 {
+		return crashError(dead[0])
 	}
 	if err := healthy(ctx, layout{dir: rec.StateDir}, rec); err != nil {
 		return fmt.Errorf("cluster is not healthy: %w", err)

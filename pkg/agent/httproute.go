@@ -250,6 +250,7 @@ func (hp *httpPort) RoundTrip(req *http.Request) (*http.Response, error) {
 		// Only safe without a body, which the failed attempt would have consumed.
 		hp.srv.log.Debug("laptop unreachable, serving from the original pods", "session", rt.steal.Spec.ID, "err", err)
 		rt.steal, rt.fellBack = nil, true
+		req = req.Clone(req.Context())
 		req.URL.Host = hp.port.Upstream
 	}
 	if rt.h2 {

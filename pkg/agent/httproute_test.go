@@ -308,8 +308,13 @@ func TestHTTPKeepAliveAlternating(t *testing.T) {
 }
 
 func TestHTTPMirrorWithRule(t *testing.T) {
+	t.Run("http1", func(t *testing.T) { testHTTPMirrorWithRule(t, false) })
+	t.Run("h2c", func(t *testing.T) { testHTTPMirrorWithRule(t, true) })
+}
+
+func testHTTPMirrorWithRule(t *testing.T, h2c bool) {
 	hs := startHTTPSetup(t, []agent.SessionSpec{ruleSpec(t, "m1", tunnel.ModeMirror, "bob", match.Flags{PathPrefix: []string{"/v2"}})}, nil)
-	client := newClient(t, false)
+	client := newClient(t, h2c)
 	laptop := hs.laptops["m1"]
 	servedBy, _, _ := do(t, client, "POST", hs.url("/v2/orders?id=7"), "order-7", "X-Trace", "t1", "Host", "api")
 	if servedBy != hs.upstream.name {

@@ -23,6 +23,7 @@ const (
 	ProtocolTLS
 )
 
+// String names p in logs and metrics.
 func (p Protocol) String() string {
 	switch p {
 	case ProtocolHTTP1:

@@ -24,7 +24,7 @@ const (
 
 // Options are the agent's flags and environment.
 type Options struct {
-	// DataPorts are the --data-port flags, NAME=PORT[:LISTEN][/PROTOCOL]=UPSTREAM.
+	// DataPorts are the --data-port flags, NAME=PORT[:LISTEN][/PROTOCOL]=UPSTREAM[=APPPROTOCOL].
 	DataPorts []string
 	// ListenHost is the address every listener binds.
 	ListenHost string
@@ -75,7 +75,7 @@ func NewOptions() *Options {
 // AddFlags binds the options to fs, with the current values as defaults.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&o.DataPorts, "data-port", o.DataPorts,
-		"A port of the intercepted Service, NAME=PORT[:LISTEN][/PROTOCOL]=UPSTREAM, e.g. http=80:8080/TCP=api-shadow.ns.svc:80 (repeatable; NAME may be empty for a single unnamed port)")
+		"A port of the intercepted Service, NAME=PORT[:LISTEN][/PROTOCOL]=UPSTREAM[=APPPROTOCOL], e.g. http=80:8080/TCP=api-shadow.ns.svc:80 or web=80:8080/TCP=api-shadow.ns.svc:80=kubernetes.io/h2c (repeatable; NAME may be empty for a single unnamed port; APPPROTOCOL is the port's appProtocol)")
 	fs.StringVar(&o.ListenHost, "listen-host", o.ListenHost, "Address every listener binds (empty: all interfaces)")
 	fs.IntVar(&o.ControlPort, "control-port", o.ControlPort, "Port where kubectl-bridge tunnels attach")
 	fs.IntVar(&o.HealthPort, "health-port", o.HealthPort, "Port serving /healthz, /readyz and /metrics")

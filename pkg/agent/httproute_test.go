@@ -780,3 +780,21 @@ func FuzzSniffProtocol(f *testing.F) {
 		}
 	})
 }
+
+// TestHTTPSessionLeavesMidConnection: once the stealing session is gone, the next requests of the
+// same keep-alive connection are served by the original pods.
+func TestHTTPSessionLeavesMidConnection(t *testing.T) {
+	hs := startHTTPSetup(t, []agent.SessionSpec{ruleSpec(t, "s1", tunnel.ModeSteal, "alice", match.Flags{Header: []string{"x-owner=alice"}})}, nil)
+	client := newClient(t, false)
+	if servedBy, _, _ := do(t, client, "GET", hs.url("/"), "", "X-Owner", "alice"); servedBy != hs.laptops["s1"].name {
+		t.Fatalf("served by %q", servedBy)
+	}
+	if !hs.a.Evict("s1", "lease expired") {
+		t.Fatal("not evicted")
+	}
+	waitSessions(t, hs.a, 0)
+	if servedBy, _, _ := do(t, client, "GET", hs.url("/"), "", "X-Owner", "alice"); servedBy != hs.upstream.name {
+		t.Fatalf("after eviction served by %q", servedBy)
+	}
+	waitMetrics(t, hs.a, `bridge_agent_sniffed_connections_total{port="http",protocol="http/1"} 1`)
+}

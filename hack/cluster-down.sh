@@ -12,5 +12,9 @@ if [[ ! -e /var/lib/kubectl-bridge-localkube/cluster.json && ! -e /run/kubectl-b
   localkube::log "no local cluster on this machine"
   exit 0
 fi
-localkube="$(localkube::build localkube)"
+# The binary that started the cluster can stop it: no rebuild when this checkout's sources differ.
+localkube="$(sed -n 's/^ *"binary": "\(.*\)",\{0,1\}$/\1/p' /var/lib/kubectl-bridge-localkube/cluster.json 2>/dev/null || true)"
+if [[ -z "${localkube}" || ! -x "${localkube}" ]]; then
+  localkube="$(localkube::build localkube)"
+fi
 "${localkube}" down --state-dir "${LOCALKUBE_STATE_DIR}"

@@ -81,8 +81,20 @@ localkube::build() {
     (cd "${moddir}" && CGO_ENABLED=0 go build -trimpath -ldflags "${ldflags}" -o "${out}.tmp.$$" "${pkg}") >&2
     mv -f "${out}.tmp.$$" "${out}"
     localkube::log "built ${name} in $((SECONDS - start))s"
+    localkube::prune "${name}" "${out}"
   fi
   echo "${out}"
+}
+
+# localkube::prune NAME KEEP — keeps the three newest cached builds of NAME (and KEEP, and the
+# binary the running cluster was started with), deleting older ones.
+localkube::prune() {
+  local name="$1" keep="$2" running f
+  running="$(sed -n 's/^ *"binary": "\(.*\)",\{0,1\}$/\1/p' /var/lib/kubectl-bridge-localkube/cluster.json 2>/dev/null || true)"
+  while IFS= read -r f; do
+    [[ "${f}" == "${keep}" || "${f}" == "${running}" ]] && continue
+    rm -f "${f}"
+  done < <(ls -1t "${LOCALKUBE_CACHE}/bin/${name}"-* 2>/dev/null | grep -v '\.tmp\.' | tail -n +4)
 }
 
 # localkube::image IMGTOOL REF BINARY NAME — prints the path of a cached docker-archive of

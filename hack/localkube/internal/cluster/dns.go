@@ -105,6 +105,11 @@ func installDNS(ctx context.Context, c kubernetes.Interface) error {
 					ServiceAccountName: "coredns",
 					PriorityClassName:  "system-cluster-critical",
 					DNSPolicy:          corev1.DNSDefault,
+					// Schedule before the node lifecycle controller lifts the not-ready taint.
+					Tolerations: []corev1.Toleration{
+						{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
+						{Key: "CriticalAddonsOnly", Operator: corev1.TolerationOpExists},
+					},
 					SecurityContext: &corev1.PodSecurityContext{
 						RunAsNonRoot:   ptr.To(true),
 						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},

@@ -64,7 +64,11 @@ func teardown(ctx context.Context, rec *Record, dir string) error {
 	}
 	stop := func(name string) {
 		if p, ok := rec.proc(name); ok {
+			t := time.Now()
 			p.stop(10 * time.Second)
+			if d := time.Since(t); d > 2*time.Second {
+				logf("stopping %s took %.1fs", name, d.Seconds())
+			}
 		}
 	}
 	for _, name := range nodeComponents {
@@ -80,7 +84,12 @@ func teardown(ctx context.Context, rec *Record, dir string) error {
 
 	// Removing sandboxes through CRI runs CNI DEL, which frees IPs, veths and netns.
 	if p, ok := rec.proc("containerd"); ok && p.Alive() {
-		if err := removeSandboxes(ctx); err != nil {
+		t := time.Now()
+		err := removeSandboxes(ctx)
+		if d := time.Since(t); d > 2*time.Second {
+			logf("removing pod sandboxes took %.1fs", d.Seconds())
+		}
+		if err != nil {
 			logf("warning: removing pod sandboxes through CRI: %v (falling back to a forced sweep)", err)
 		}
 	}
@@ -336,7 +345,9 @@ func removeOutsideFiles(stateDirs []string) {
 	for _, d := range []string{"/var/lib/kubelet/device-plugins", "/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/plugins", "/var/lib/kubelet"} {
 		_ = syscall.Rmdir(d)
 	}
+	// libcni's result cache, for our network and the CRI's own loopback network.
 	removeGlob(filepath.Join("/var/lib/cni/results", CNINetwork+"-*"))
+	removeGlob("/var/lib/cni/results/cni-loopback-*")
 	for _, d := range []string{"/var/lib/cni/results", "/var/lib/cni"} {
 		_ = syscall.Rmdir(d)
 	}

@@ -50,7 +50,13 @@ func Up(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
-	if rec != nil && rec.StateDir == dir {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if rec != nil && rec.StateDir == dir && rec.Binary != self {
+		logf("the running cluster is another localkube build (%s): restarting it", rec.Binary)
+	} else if rec != nil && rec.StateDir == dir {
 		if err := healthy(ctx, l, rec); err == nil {
 			logf("cluster already running and healthy (state dir %s)", dir)
 			return nil
@@ -63,6 +69,7 @@ func Up(ctx context.Context, o *Options) error {
 	if err := teardown(ctx, rec, dir); err != nil {
 		return fmt.Errorf("clean up previous cluster: %w", err)
 	}
+	logf("machine clean after %.1fs; starting", time.Since(begin).Seconds())
 	if err := preflight(); err != nil {
 		return err
 	}
@@ -80,10 +87,6 @@ func Up(ctx context.Context, o *Options) error {
 		return fmt.Errorf("write configs: %w", err)
 	}
 	if err := kernelSetup(); err != nil {
-		return err
-	}
-	self, err := os.Executable()
-	if err != nil {
 		return err
 	}
 	rec = &Record{StateDir: dir, Binary: self}
@@ -155,6 +158,7 @@ func Up(ctx context.Context, o *Options) error {
 	}); err != nil {
 		return err
 	}
+	logf("kube-apiserver ready after %.1fs", time.Since(begin).Seconds())
 	// Started before the RBAC bootstrap roles exist, the controller-manager exits: start it now.
 	if err := startComponent("kube-controller-manager"); err != nil {
 		return err
@@ -168,6 +172,7 @@ func Up(ctx context.Context, o *Options) error {
 	if err := waitFor(ctx, rec, timeout, "node "+NodeName+" Ready", func() error { return nodeReady(ctx, client) }); err != nil {
 		return err
 	}
+	logf("node Ready after %.1fs", time.Since(begin).Seconds())
 	if err := waitFor(ctx, rec, timeout, "CoreDNS Ready", func() error { return dnsReady(ctx, client) }); err != nil {
 		return err
 	}

@@ -25,7 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/agent"
-	"github.com/kubectl-bridge/kubectl-bridge/pkg/match"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/agentcontrol"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/objects"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/redirect"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/session"
@@ -78,7 +78,9 @@ type Plan struct {
 	svc     *corev1.Service
 	port    corev1.ServicePort
 	params  objects.AgentParams
-	warning []string
+	// dataPorts are the agent's view of the Service's ports.
+	dataPorts []agent.DataPort
+	warning   []string
 }
 
 // Warnings are things the user should know that do not stop the intercept.
@@ -113,16 +115,13 @@ func Prepare(ctx context.Context, cfg Config) (*Plan, error) {
 	if err := p.choosePort(); err != nil {
 		return nil, err
 	}
-	if err := p.checkProtocol(); err != nil {
-		return nil, err
-	}
 	if err := p.checkPermissions(ctx); err != nil {
 		return nil, err
 	}
-	if err := p.checkConflicts(ctx); err != nil {
+	if err := p.buildAgent(ctx); err != nil {
 		return nil, err
 	}
-	if err := p.buildAgent(ctx); err != nil {
+	if err := p.checkConflicts(ctx); err != nil {
 		return nil, err
 	}
 	p.checkSidecars(ctx)
@@ -178,17 +177,6 @@ func (p *Plan) appProtocol(sp corev1.ServicePort) string {
 		return *sp.AppProtocol
 	}
 	return ""
-}
-
-// checkProtocol refuses request rules on a port whose traffic is known not to be HTTP.
-func (p *Plan) checkProtocol() error {
-	if len(p.cfg.Match) == 0 {
-		return nil
-	}
-	if isHTTP, known := match.PortSpeaksHTTP(p.appProtocol(p.port), p.port.Name); known && !isHTTP {
-		return fmt.Errorf("port %s of service %s does not carry HTTP (by its name or appProtocol), so --header/--path/--method rules cannot apply; intercept the whole port, or pass --protocol http if it does speak HTTP", portName(p.port), p.svc.Name)
-	}
-	return nil
 }
 
 func portName(sp corev1.ServicePort) string {
@@ -255,64 +243,38 @@ func (p *Plan) checkPermissions(ctx context.Context) error {
 	return fmt.Errorf("you may not %s in namespace %q, which intercept needs: %s", strings.Join(missing, ", "), p.cfg.Namespace, next)
 }
 
-// checkConflicts refuses, before anything is created, what the agent would refuse anyway: a
-// whole-port steal next to another live session on the port (a steal takes all its traffic), or
-// any session on a port another session wholly steals. The agent's admission stays the authority;
-// this only saves the user a Job start.
+// checkConflicts runs the agent's own admission (agent.AdmitFor) against the live sessions of the
+// Service before anything is created, so the user learns of a conflict (a second whole-port steal,
+// a steal next to rules, identical rules) without waiting for an agent. The agent stays the
+// authority: it admits again when the tunnel attaches.
 func (p *Plan) checkConflicts(ctx context.Context) error {
 	infos, err := session.List(ctx, p.cfg.Client.CoordinationV1(), p.cfg.Namespace, session.KindIntercept)
 	if err != nil {
 		return err
 	}
 	now := time.Now()
+	var live []agent.SessionSpec
 	for _, s := range infos {
-		ic := s.Spec.Intercept
-		if ic == nil || ic.Service != p.svc.Name || ic.Port != p.port.Port || s.Expired(now) ||
+		if s.Spec.Intercept == nil || s.Spec.Intercept.Service != p.svc.Name || s.Expired(now) ||
 			(s.Status != nil && s.Status.Phase == session.PhaseRejected) {
 			continue
 		}
-		who := describe(s)
-		mineWhole := p.cfg.Mode == tunnel.ModeSteal && len(p.cfg.Match) == 0
-		theirsWhole := ic.Mode == tunnel.ModeSteal.String() && len(ic.Match) == 0
-		switch {
-		case mineWhole && theirsWhole:
-			return fmt.Errorf("port %s of service %s is already intercepted (steal) by %s: ask them to stop, or intercept with --mode mirror or a --header rule", portName(p.port), p.svc.Name, who)
-		case mineWhole && len(ic.Match) > 0:
-			return fmt.Errorf("port %s of service %s carries request rules of %s: a whole-port steal would take their traffic; add a --header or --path rule of your own", portName(p.port), p.svc.Name, who)
-		case theirsWhole:
-			return fmt.Errorf("port %s of service %s is wholly stolen by %s: no other intercept can receive its traffic until that session ends", portName(p.port), p.svc.Name, who)
-		case len(p.cfg.Match) > 0 && ic.Mode == p.cfg.Mode.String() && match.Identical(toRules(p.cfg.Match), toRules(ic.Match)):
-			return fmt.Errorf("%s already intercepts the requests matching %s on port %s of service %s: choose a rule of your own (e.g. --header x-owner=%s)",
-				who, match.Describe(toRules(ic.Match)), portName(p.port), p.svc.Name, orDefault(p.cfg.User, "me"))
+		spec, err := agentcontrol.SpecOf(s)
+		if err != nil {
+			continue
 		}
+		live = append(live, spec)
+	}
+	candidate := agent.SessionSpec{
+		ID: "candidate", User: p.cfg.User, Port: p.port.Port, PortName: p.port.Name, Mode: p.cfg.Mode, StartTime: now,
+	}
+	for _, m := range p.cfg.Match {
+		candidate.Match = append(candidate.Match, agent.MatchRule(m))
+	}
+	if err := agent.AdmitFor(p.dataPorts)(candidate, live); err != nil {
+		return fmt.Errorf("service %s: %w", p.svc.Name, err)
 	}
 	return nil
-}
-
-func toRules(ms []session.MatchRule) []match.Rule {
-	out := make([]match.Rule, len(ms))
-	for i, m := range ms {
-		out[i] = match.Rule(m)
-	}
-	return out
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
-}
-
-func describe(s session.Info) string {
-	user := s.Spec.User
-	if user == "" {
-		user = "another user"
-	}
-	if s.Spec.Host != "" {
-		user += " on " + s.Spec.Host
-	}
-	return fmt.Sprintf("%s (session %s)", user, s.ID)
 }
 
 // buildAgent resolves every Service port to the number the agent must listen on: the Service's
@@ -349,6 +311,7 @@ func (p *Plan) buildAgent(ctx context.Context) error {
 		dp := agent.DataPort{Name: sp.Name, Port: sp.Port, ListenPort: listen, Protocol: "TCP", AppProtocol: p.appProtocol(sp),
 			Upstream: net.JoinHostPort(shadow, strconv.Itoa(int(sp.Port)))}
 		args = append(args, "--data-port="+dp.String())
+		p.dataPorts = append(p.dataPorts, dp)
 	}
 	params.ControlPort, params.HealthPort = freePorts(used)
 	args = append(args,

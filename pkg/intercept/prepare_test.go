@@ -77,7 +77,7 @@ func TestPrepareRefusals(t *testing.T) {
 		{"unknown port", Config{Service: "api", Port: "81"}, nil, []runtime.Object{svc("api", nil)}, `has no port "81"`},
 		{"named target port unresolved", Config{Service: "api", Port: "http"}, nil, []runtime.Object{svc("api", nil)}, `targets the named port "http", but no pod`},
 		{"no rbac rights", Config{Service: "api", Port: "http"}, []string{"roles"}, []runtime.Object{svc("api", nil), pod("api")}, "pass --service-account NAME"},
-		{"steal conflict", Config{Service: "api", Port: "http", Mode: tunnel.ModeSteal}, nil, []runtime.Object{svc("api", nil), pod("api"), liveSteal}, "already intercepted (steal) by bob on box (session other001)"},
+		{"steal conflict", Config{Service: "api", Port: "http", Mode: tunnel.ModeSteal}, nil, []runtime.Object{svc("api", nil), pod("api"), liveSteal}, "is already intercepted (steal) by bob on box in session other001"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

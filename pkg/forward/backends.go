@@ -154,6 +154,13 @@ func (s *backendSet) update(bs []Backend) (nowReady, gone []portforward.PodRef) 
 	return nowReady, gone
 }
 
+// count returns the number of pods, ready or not.
+func (s *backendSet) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.all)
+}
+
 // readyCount returns the number of ready pods.
 func (s *backendSet) readyCount() int {
 	s.mu.Lock()

@@ -192,10 +192,18 @@ func (f *Forwarder) WaitReady(ctx context.Context) error {
 		var msgs []string
 		for _, ts := range waiting {
 			ts.mu.Lock()
-			reason := ts.reason
+			state, reason := ts.state, ts.reason
 			ts.mu.Unlock()
-			if reason == "" {
-				reason = "no ready pod"
+			if state != StateFailed {
+				// Not the Degraded reason: say how many pods there are, none of them ready.
+				switch n := ts.backends.count(); n {
+				case 0:
+					reason = "no pod"
+				case 1:
+					reason = "1 pod, not ready"
+				default:
+					reason = fmt.Sprintf("%d pods, none ready", n)
+				}
 			}
 			msgs = append(msgs, fmt.Sprintf("%s in namespace %s: %s", ts.t.Display, ts.t.Namespace, reason))
 		}

@@ -73,8 +73,14 @@ func ParseAddresses(values []string) ([]ListenAddr, error) {
 	return out, nil
 }
 
-// ErrPortInUse is wrapped by errors about a local port that is taken.
+// ErrPortInUse matches (errors.Is) the errors about a local port that is taken.
 var ErrPortInUse = errors.New("local port in use")
+
+// portInUseError is an ErrPortInUse with its own message.
+type portInUseError struct{ msg string }
+
+func (e portInUseError) Error() string        { return e.msg }
+func (e portInUseError) Is(target error) bool { return target == ErrPortInUse }
 
 // portPicker binds the listeners of one forwarded port on every address with the same port number.
 type portPicker struct {
@@ -93,7 +99,7 @@ func (p portPicker) pick(display string, local *int32, preferred int32) ([]net.L
 		ls, port, err := p.bindAll(int(*local))
 		if err != nil {
 			if errors.Is(err, ErrPortInUse) {
-				return nil, 0, fmt.Errorf("%s: %w: local port %d is taken; pick another LOCAL port, or 0 for any free port", display, ErrPortInUse, *local)
+				return nil, 0, portInUseError{fmt.Sprintf("%s: local port %d is taken; pick another LOCAL port, or 0 for any free port", display, *local)}
 			}
 			return nil, 0, fmt.Errorf("%s: %w", display, err)
 		}
@@ -112,7 +118,7 @@ func (p portPicker) pick(display string, local *int32, preferred int32) ([]net.L
 			if errors.Is(err, syscall.EACCES) {
 				return nil, 0, fmt.Errorf("%s: local port %d needs privileges (--strict-ports): run without --strict-ports, or give a LOCAL port, e.g. %s:%d:%d", display, candidate, display, candidate+8000, preferred)
 			}
-			return nil, 0, fmt.Errorf("%s: %w: local port %d is taken and --strict-ports is set; free the port, run without --strict-ports, or give a LOCAL port, e.g. %s:0:%d", display, ErrPortInUse, candidate, display, preferred)
+			return nil, 0, portInUseError{fmt.Sprintf("%s: local port %d is taken and --strict-ports is set; free the port, run without --strict-ports, or give a LOCAL port, e.g. %s:0:%d", display, candidate, display, preferred)}
 		}
 		if errors.Is(err, syscall.EACCES) && candidate < 1024 {
 			candidate += 8000 // unprivileged: 80 → 8080, 443 → 8443
@@ -144,7 +150,7 @@ func (p portPicker) bindAll(port int) ([]net.Listener, int, error) {
 			}
 			closeAll()
 			if errors.Is(err, syscall.EADDRINUSE) {
-				return nil, 0, fmt.Errorf("%w: %s", ErrPortInUse, net.JoinHostPort(a.IP.String(), strconv.Itoa(port)))
+				return nil, 0, portInUseError{"local port in use: " + net.JoinHostPort(a.IP.String(), strconv.Itoa(port))}
 			}
 			return nil, 0, fmt.Errorf("listen on %s: %w", net.JoinHostPort(a.IP.String(), strconv.Itoa(port)), err)
 		}

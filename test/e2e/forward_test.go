@@ -60,12 +60,13 @@ func startForward(t *testing.T, ns string, args ...string) (*framework.Process, 
 	return p, doc
 }
 
-// url returns the local URL of a forwarded target/port.
+// url returns the local HTTP URL of a forwarded target/port (every echo port speaks HTTP,
+// whatever scheme the port's name or appProtocol gave its variable).
 func (d forwardJSON) url(t *testing.T, target, portName string) string {
 	t.Helper()
 	for _, f := range d.Forwards {
 		if f.Target == target && (portName == "" || f.PortName == portName) {
-			return f.URL
+			return "http://" + f.Addresses[0]
 		}
 	}
 	t.Fatalf("no forward of %s %s in %+v", target, portName, d.Forwards)
@@ -568,7 +569,7 @@ func TestForwardBadInput(t *testing.T) {
 		{"no type", []string{"echo"}, `target "echo" has no type`, 2},
 		{"strict ports", []string{"svc/busy", "--strict-ports"}, fmt.Sprintf("local port %d is taken and --strict-ports is set", busy), 1},
 		{"address not local", []string{"svc/echo", "--address", "192.0.2.10"}, "--address 192.0.2.10 is not an address of this machine", 2},
-		{"never ready", []string{"deploy/stuck:8080", "--pod-running-timeout", "5s"}, "no ready pod after 5s for deploy/stuck in namespace " + ns, 1},
+		{"never ready", []string{"deploy/stuck:8080", "--pod-running-timeout", "5s"}, "no ready pod within 5s: deploy/stuck in namespace " + ns + ": 1 pod, not ready", 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -416,7 +416,7 @@ func (o *Options) waitReady(ctx context.Context, fw *lib.Forwarder) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("no ready pod after %s for %s; check the pods with 'kubectl get pods -n %s' and 'kubectl describe', or wait longer with --pod-running-timeout", o.PodRunningTimeout, err, o.namespace)
+		return fmt.Errorf("no ready pod within %s: %s; check the pods with 'kubectl get pods -n %s' and 'kubectl describe pod', or wait longer with --pod-running-timeout", o.PodRunningTimeout, err, o.namespace)
 	}
 	return nil
 }

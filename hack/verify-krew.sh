@@ -43,7 +43,7 @@ export KREW_ROOT="${tmp}/krew" KREW_NO_UPGRADE_CHECK=1
 # No cluster needed, and never the developer's: plugin discovery and
 # `version` must work without one.
 export KUBECONFIG="${tmp}/no-kubeconfig"
-"${krew}" install --manifest=dist/krew/bridge.yaml --archive="${archive}"
+"${krew}" install --manifest=dist/krew/bridge.yaml --archive="${archive}" </dev/null
 [[ -x "${KREW_ROOT}/bin/kubectl-bridge" ]] || { echo "FAIL: krew did not link kubectl-bridge into ${KREW_ROOT}/bin" >&2; exit 1; }
 ls "${KREW_ROOT}"/store/bridge/*/LICENSE >/dev/null || { echo "FAIL: krew did not install the LICENSE" >&2; exit 1; }
 
@@ -65,7 +65,8 @@ echo "OK: kubectl __complete bridge ver → version"
 
 # krew list/uninstall read the index: an empty git repository is enough.
 git init -q "${KREW_ROOT}/index/default"
-"${krew}" list | grep -qx bridge || { echo "FAIL: krew list does not show bridge" >&2; exit 1; }
-"${krew}" uninstall bridge
+# Installed from a manifest, the plugin is listed as detached/bridge.
+"${krew}" list | grep -q '\(^\|/\)bridge$' || { echo "FAIL: krew list does not show bridge" >&2; exit 1; }
+"${krew}" uninstall bridge </dev/null
 [[ ! -e "${KREW_ROOT}/bin/kubectl-bridge" ]] || { echo "FAIL: krew uninstall left the link" >&2; exit 1; }
 echo "OK: krew install, kubectl discovery, completion and uninstall"

@@ -13,6 +13,10 @@ LOCALKUBE_CONTAINERD_SOCKET=/run/kubectl-bridge-localkube/containerd.sock
 LOCALKUBE_REGISTRY=127.0.0.1:5001
 LOCALKUBE_K8S_VERSION=v1.33.13
 
+# iptables, ip, conntrack and modprobe live in sbin, which a CI shell may not have on PATH.
+case ":${PATH}:" in *:/usr/sbin:*) ;; *) PATH="${PATH}:/usr/sbin:/sbin" ;; esac
+export PATH
+
 localkube::log() { echo ">>> $*" >&2; }
 localkube::die() { echo "ERROR: $*" >&2; exit 1; }
 
@@ -78,7 +82,7 @@ localkube::build() {
     mkdir -p "${LOCALKUBE_CACHE}/bin"
     local start=${SECONDS}
     # A temporary name first: an interrupted build never leaves a binary later runs would trust.
-    (cd "${moddir}" && CGO_ENABLED=0 go build -trimpath -ldflags "${ldflags}" -o "${out}.tmp.$$" "${pkg}") >&2
+    (cd "${moddir}" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "${ldflags}" -o "${out}.tmp.$$" "${pkg}") >&2
     mv -f "${out}.tmp.$$" "${out}"
     localkube::log "built ${name} in $((SECONDS - start))s"
     localkube::prune "${name}" "${out}"

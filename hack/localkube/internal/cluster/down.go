@@ -234,15 +234,33 @@ func dropChains(tool string) error {
 	if err != nil {
 		return err
 	}
+	kept, found := withoutOurChains(string(out))
+	if !found {
+		return nil
+	}
+	cmd := exec.Command(tool + "-restore")
+	cmd.Stdin = strings.NewReader(kept)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s-restore: %w: %s", tool, err, out)
+	}
+	return nil
+}
+
+// withoutOurChains returns an iptables-save dump without the KUBE-* and CNI-* chains and the
+// rules jumping to them, and whether there were any.
+func withoutOurChains(dump string) (string, bool) {
 	ours := func(line string) bool {
-		return strings.HasPrefix(line, ":KUBE-") || strings.HasPrefix(line, ":CNI-") ||
-			strings.HasPrefix(line, "-A KUBE-") || strings.HasPrefix(line, "-A CNI-") ||
-			strings.Contains(line, " -j KUBE-") || strings.Contains(line, " -j CNI-") ||
-			strings.Contains(line, " -g KUBE-") || strings.Contains(line, " -g CNI-")
+		for _, prefix := range []string{"KUBE-", "CNI-"} {
+			if strings.HasPrefix(line, ":"+prefix) || strings.HasPrefix(line, "-A "+prefix) ||
+				strings.Contains(line, " -j "+prefix) || strings.Contains(line, " -g "+prefix) {
+				return true
+			}
+		}
+		return false
 	}
 	var kept []string
 	found := false
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	sc := bufio.NewScanner(strings.NewReader(dump))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
@@ -252,15 +270,7 @@ func dropChains(tool string) error {
 		}
 		kept = append(kept, line)
 	}
-	if !found {
-		return nil
-	}
-	cmd := exec.Command(tool + "-restore")
-	cmd.Stdin = strings.NewReader(strings.Join(kept, "\n") + "\n")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s-restore: %w: %s", tool, err, out)
-	}
-	return nil
+	return strings.Join(kept, "\n") + "\n", found
 }
 
 // unmountUnder unmounts every mount point at or below the given path prefixes, deepest first.

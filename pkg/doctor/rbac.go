@@ -60,7 +60,11 @@ func RBACFor(namespace string, subject rbacv1.Subject, missing []Permission) (*r
 		rules = append(rules, rbacv1.PolicyRule{APIGroups: []string{k.group}, Resources: []string{k.resource}, Verbs: v})
 	}
 
-	name := "kubectl-bridge-" + nameSuffix(subject.Name)
+	user := subject.Name
+	if subject.Kind == rbacv1.ServiceAccountKind {
+		user = "system:serviceaccount:" + subject.Namespace + ":" + subject.Name
+	}
+	name := "kubectl-bridge-" + nameSuffix(user)
 	labels := map[string]string{managedByLabel: managedByValue, roleLabel: "user"}
 	role := &rbacv1.Role{
 		TypeMeta:   metav1.TypeMeta{APIVersion: rbacv1.SchemeGroupVersion.String(), Kind: "Role"},

@@ -26,11 +26,13 @@ import (
 
 var doctorPhases = []string{"kubeconfig", "tls", "reachability", "authentication", "authorization", "server-version"}
 
-// phaseStatus reads doctor's human output: one "PHASE STATUS detail" line per phase.
+// phaseStatus reads doctor's human output: one "PHASE STATUS detail" line per
+// phase, then a blank line and the next step.
 func phaseStatus(t *testing.T, out string) map[string]string {
 	t.Helper()
 	got := map[string]string{}
-	for _, line := range strings.Split(out, "\n") {
+	table, _, _ := strings.Cut(out, "\n\n")
+	for _, line := range strings.Split(table, "\n") {
 		if f := strings.Fields(line); len(f) >= 2 {
 			got[f[0]] = f[1]
 		}

@@ -371,7 +371,10 @@ func (f *Forwarder) setBackends(ts *targetState, bs []Backend) {
 
 func (f *Forwarder) setState(ts *targetState, state State, reason string) {
 	ts.mu.Lock()
-	if ts.state == state && ts.reason == reason {
+	// One line per state change: a new reason within the same state ("no pod" after "no ready
+	// pod" while pods are replaced) is kept for WaitReady but not announced.
+	if ts.state == state {
+		ts.reason = reason
 		ts.mu.Unlock()
 		return
 	}

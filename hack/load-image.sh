@@ -3,7 +3,8 @@
 # Packs a static binary into an image FROM scratch (binary at /<basename>, entrypoint it, user
 # 65532:65532) and imports it into the running local cluster's containerd as IMAGE_REF.
 # With --push it also pushes it into the loopback registry (127.0.0.1:5001) that containerd uses
-# as its mirror for ghcr.io, so ghcr.io/<path>:<tag> pulls from it as users' clusters pull it.
+# for ghcr.io (and every other registry host), so ghcr.io/<path>:<tag> pulls from it as users'
+# clusters pull it.
 set -o errexit -o nounset -o pipefail
 # shellcheck source=hack/lib/localkube.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/localkube.sh"
@@ -34,7 +35,6 @@ if [[ ${push} == 1 ]]; then
   if [[ "${ref}" == */* && ( "${first}" == *.* || "${first}" == *:* || "${first}" == localhost ) ]]; then
     path="${ref#*/}"
   fi
-  [[ "${first}" == ghcr.io ]] || localkube::log "note: containerd mirrors only ghcr.io through the loopback registry; ${ref} will not pull from it"
   "${imgtool}" push --tar "${tmp}/image.tar" --ref "${LOCALKUBE_REGISTRY}/${path}" >/dev/null \
     || localkube::die "push to the loopback registry ${LOCALKUBE_REGISTRY} failed: is the cluster up (hack/cluster-up.sh)?"
   localkube::log "pushed ${ref} to ${LOCALKUBE_REGISTRY}/${path}"

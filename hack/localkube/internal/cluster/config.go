@@ -190,21 +190,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 	}
 
 	// The loopback registry stands in for ghcr.io: pulls of ghcr.io/... are served from it.
-	mirror := fmt.Sprintf(`server = "https://ghcr.io"
-
-[host."http://%s"]
-  capabilities = ["pull", "resolve"]
-`, RegistryAddr)
-	if err := writeFile(filepath.Join(l.certsD(), "ghcr.io", "hosts.toml"), mirror); err != nil {
-		return err
-	}
-	direct := fmt.Sprintf(`server = "http://%s"
-
-[host."http://%s"]
-  capabilities = ["pull", "resolve", "push"]
-`, RegistryAddr, RegistryAddr)
-	if err := writeFile(filepath.Join(l.certsD(), RegistryAddr, "hosts.toml"), direct); err != nil {
-		return err
+	// Every other registry host (_default) points at it too, and none falls back to its real
+	// server: no pull ever leaves this machine.
+	// (containerd 1.6 ignores a hosts.toml without a host table and falls back to the real host.)
+	local := fmt.Sprintf("server = \"http://%[1]s\"\n\n[host.\"http://%[1]s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", RegistryAddr)
+	for _, host := range []string{"ghcr.io", "_default"} {
+		if err := writeFile(filepath.Join(l.certsD(), host, "hosts.toml"), local); err != nil {
+			return err
+		}
 	}
 
 	cni := fmt.Sprintf(`{

@@ -17,7 +17,9 @@ ref="$1" binary="$2"
 [[ -f "${binary}" ]] || localkube::die "binary ${binary} does not exist"
 [[ "${ref}" == *:* && "${ref##*/}" == *:* ]] || localkube::die "image reference ${ref} needs a tag (not latest-by-default)"
 command -v ctr >/dev/null || localkube::die "ctr not found: start the cluster with hack/cluster-up.sh"
-if ! ctr --address "${LOCALKUBE_CONTAINERD_SOCKET}" version >/dev/null 2>&1; then
+# (ctr waits forever for a socket that is not there: check it exists, and bound the wait.)
+if [[ ! -S "${LOCALKUBE_CONTAINERD_SOCKET}" ]] \
+  || ! ctr --address "${LOCALKUBE_CONTAINERD_SOCKET}" --connect-timeout 5s --timeout 10s version >/dev/null 2>&1; then
   localkube::die "the local cluster is not running (no containerd on ${LOCALKUBE_CONTAINERD_SOCKET}): run hack/cluster-up.sh"
 fi
 
@@ -25,7 +27,7 @@ imgtool="$(localkube::build imgtool)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "${tmp}"' EXIT
 "${imgtool}" build --binary "${binary}" --ref "${ref}" --out "${tmp}/image.tar"
-ctr -n k8s.io --address "${LOCALKUBE_CONTAINERD_SOCKET}" images import "${tmp}/image.tar" >/dev/null
+ctr -n k8s.io --address "${LOCALKUBE_CONTAINERD_SOCKET}" --connect-timeout 5s images import "${tmp}/image.tar" >/dev/null
 localkube::log "imported ${ref}"
 
 if [[ ${push} == 1 ]]; then

@@ -8,8 +8,10 @@ LOCALKUBE_STATE_DIR="${LOCALKUBE_STATE_DIR:-${LOCALKUBE_REPO_ROOT}/_output/local
 # Built binaries and images live outside the repository, keyed on their sources, so every
 # clone on this machine (CI runs in a fresh one) reuses them.
 LOCALKUBE_CACHE="${LOCALKUBE_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/kubectl-bridge/localkube}"
-# Fixed by localkube (one cluster per machine).
+# Fixed by localkube (one cluster per machine); used by the scripts that source this file.
+# shellcheck disable=SC2034
 LOCALKUBE_CONTAINERD_SOCKET=/run/kubectl-bridge-localkube/containerd.sock
+# shellcheck disable=SC2034
 LOCALKUBE_REGISTRY=127.0.0.1:5001
 LOCALKUBE_K8S_VERSION=v1.33.13
 
@@ -95,10 +97,14 @@ localkube::build() {
 localkube::prune() {
   local name="$1" keep="$2" running f
   running="$(sed -n 's/^ *"binary": "\(.*\)",\{0,1\}$/\1/p' /var/lib/kubectl-bridge-localkube/cluster.json 2>/dev/null || true)"
+  local n=0
+  # shellcheck disable=SC2012 # newest first; the names are ours (name-hexkey)
   while IFS= read -r f; do
-    [[ "${f}" == "${keep}" || "${f}" == "${running}" ]] && continue
+    [[ "${f}" == *.tmp.* ]] && continue
+    n=$((n + 1))
+    [[ ${n} -le 3 || "${f}" == "${keep}" || "${f}" == "${running}" ]] && continue
     rm -f "${f}"
-  done < <(ls -1t "${LOCALKUBE_CACHE}/bin/${name}"-* 2>/dev/null | grep -v '\.tmp\.' | tail -n +4)
+  done < <(ls -1t "${LOCALKUBE_CACHE}/bin/${name}"-* 2>/dev/null)
 }
 
 # localkube::image IMGTOOL REF BINARY NAME — prints the path of a cached docker-archive of

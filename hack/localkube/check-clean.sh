@@ -8,7 +8,7 @@ found=0
 check() {
   local what="$1" out="$2"
   if [[ -n "${out}" ]]; then
-    echo "LEFTOVER ${what}:"; echo "${out}" | sed 's/^/  /'; found=1
+    echo "LEFTOVER ${what}:"; printf '  %s\n' "${out//$'\n'/$'\n'  }"; found=1
   else
     echo "ok: no ${what}"
   fi

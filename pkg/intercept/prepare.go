@@ -74,10 +74,10 @@ type Config struct {
 // Plan is a checked intercept: the Service, the chosen port and the agent configuration, read from
 // the cluster without changing it.
 type Plan struct {
-	cfg     Config
-	svc     *corev1.Service
-	port    corev1.ServicePort
-	params  objects.AgentParams
+	cfg    Config
+	svc    *corev1.Service
+	port   corev1.ServicePort
+	params objects.AgentParams
 	// dataPorts are the agent's view of the Service's ports.
 	dataPorts []agent.DataPort
 	warning   []string

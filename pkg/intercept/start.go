@@ -10,6 +10,7 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -88,6 +89,9 @@ func (p *Plan) Start(ctx context.Context, progress io.Writer) (_ *Intercept, err
 	if _, err := redirect.Switch(ctx, p.cfg.Client.CoreV1(), p.cfg.Namespace, p.svc.Name); err != nil {
 		return nil, err
 	}
+	if err := i.waitEndpoints(ctx); err != nil {
+		return nil, err
+	}
 	if i.created {
 		i.AgentReady = time.Since(start)
 	}
@@ -160,6 +164,49 @@ func finished(job *batchv1.Job) bool {
 		}
 	}
 	return job.DeletionTimestamp != nil
+}
+
+// waitEndpoints waits until the Service's EndpointSlices list only ready agent pods: from then on
+// kube-proxy routes new connections to the agent (after its own sync, typically well under a
+// second), so "intercepting" is not announced while traffic still goes to the original pods.
+func (i *Intercept) waitEndpoints(ctx context.Context) error {
+	p := i.plan
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		pods, err := i.agentPods(ctx)
+		if err != nil {
+			return false, err
+		}
+		agentIPs := map[string]bool{}
+		for k := range pods {
+			if podReady(&pods[k]) {
+				agentIPs[pods[k].Status.PodIP] = true
+			}
+		}
+		slices, err := p.cfg.Client.DiscoveryV1().EndpointSlices(p.cfg.Namespace).List(ctx, metav1.ListOptions{
+			LabelSelector: discoveryv1.LabelServiceName + "=" + p.svc.Name})
+		if err != nil {
+			return false, err
+		}
+		ready := 0
+		for _, sl := range slices.Items {
+			for _, ep := range sl.Endpoints {
+				if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+					continue
+				}
+				for _, a := range ep.Addresses {
+					if !agentIPs[a] {
+						return false, nil
+					}
+					ready++
+				}
+			}
+		}
+		return ready > 0, nil
+	})
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("the endpoints of service %s never listed only the agent: %w", p.svc.Name, err)
+	}
+	return err
 }
 
 // agentPods lists the agent's pods.

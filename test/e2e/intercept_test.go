@@ -51,6 +51,12 @@ func startLocalApp(t *testing.T) *localApp {
 	return app
 }
 
+func (a *localApp) Reset() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.reqs = nil
+}
+
 func (a *localApp) Requests() []*http.Request {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -165,6 +171,7 @@ func TestInterceptSteal(t *testing.T) {
 	app := startLocalApp(t)
 
 	p := startIntercept(t, ns, "svc/echo", "--port", "http", "--to", app.Addr, "--idle-grace", "5s")
+	waitLaptop(t, client, echo)
 
 	s := client.Get(t, echo.URL("/stolen"), "--count", "10", "--new-conn")
 	if s.OK != 10 || fromLaptop(s) != 10 {
@@ -208,12 +215,21 @@ func TestInterceptMirror(t *testing.T) {
 	client := fw.ClientPod(t, ns)
 	app := startLocalApp(t)
 	p := startIntercept(t, ns, "svc/echo", "--mode", "mirror", "--to", app.Addr)
+	// The switch reaches kube-proxy shortly after the CLI announces it: wait for a first copy.
+	err := framework.Poll(context.Background(), 30*time.Second, func(context.Context) (bool, error) {
+		client.Get(t, echo.URL("/probe"), "--new-conn")
+		return len(app.Requests()) > 0, nil
+	})
+	if err != nil {
+		t.Fatal("no mirror copy ever reached the laptop")
+	}
+	app.Reset()
 
 	s := client.Get(t, echo.URL("/mirrored"), "--count", "5", "--new-conn", "-H", "X-Trace=abc")
 	if s.OK != 5 || fromLaptop(s) != 0 {
 		t.Fatalf("mirror: the cluster must answer every request: %d ok, %d from the laptop, errors %v", s.OK, fromLaptop(s), s.Errors)
 	}
-	err := framework.Poll(context.Background(), 10*time.Second, func(context.Context) (bool, error) {
+	err = framework.Poll(context.Background(), 10*time.Second, func(context.Context) (bool, error) {
 		return len(app.Requests()) == 5, nil
 	})
 	if err != nil {
@@ -377,6 +393,7 @@ func TestInterceptRestrictedNamespace(t *testing.T) {
 	client := fw.ClientPod(t, ns)
 	app := startLocalApp(t)
 	p := startIntercept(t, ns, "svc/echo", "--to", app.Addr)
+	waitLaptop(t, client, echo)
 	if s := client.Get(t, echo.URL("/restricted"), "--count", "3", "--new-conn"); fromLaptop(s) != 3 {
 		t.Fatalf("restricted namespace: %d/3 from the laptop: %v %v", fromLaptop(s), s.Pods, s.Errors)
 	}

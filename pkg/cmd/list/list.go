@@ -297,7 +297,7 @@ func object(kind, ns, name string, created time.Time, spec, status any) map[stri
 		"kind":       kind,
 		"metadata":   map[string]any{"name": name, "namespace": ns, "creationTimestamp": created.UTC().Format(time.RFC3339)},
 		"spec":       toMap(spec),
-		"status":     status,
+		"status":     toMap(status),
 	}
 }
 

@@ -37,6 +37,8 @@ func TestListShowsSessionsAndOrphans(t *testing.T) {
 		Intercept: &session.InterceptSpec{Service: "api", Port: 80, Mode: "steal",
 			Match: []session.MatchRule{{Type: "header", Name: "owner", Value: "bob"}}},
 	}, now.Add(-time.Hour))
+	// An admitted session carries the agent's status: it must print as JSON too.
+	fwd.Annotations[session.AnnotationStatus] = `{"version":1,"phase":"Active","agent":"a","observedTime":"2026-11-21T12:00:00Z"}`
 	job := objects.AgentJob(objects.AgentParams{Namespace: "dev", Service: "api"})
 	c := fake.NewClientset(fwd, icp, job)
 

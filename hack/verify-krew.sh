@@ -7,7 +7,11 @@
 #  3. real kubectl finds the plugin through its plugin discovery and runs
 #     `kubectl bridge version`, and completes `kubectl bridge ver<TAB>` through
 #     the kubectl_complete-bridge link documented in docs/install.md;
-#  4. krew lists and uninstalls it.
+#  4. krew lists and uninstalls it;
+#  5. with the archives served on 127.0.0.1 (URLs rewritten in a copy of the
+#     manifest): validate-krew-manifest's full check (it installs every
+#     platform with kubectl krew), and this repository used as a custom krew
+#     index (`krew index add` of a git clone, `krew install bridge/bridge`).
 # Runs hack/verify-goreleaser.sh first unless SKIP_GORELEASER=1 (verify-all
 # has just run it).
 set -o errexit -o nounset -o pipefail
@@ -38,7 +42,12 @@ archive="dist/kubectl-bridge_${version}_$(go env GOOS)_$(go env GOARCH).tar.gz"
 [[ -f "${archive}" ]] || { echo "FAIL: ${archive} missing" >&2; exit 1; }
 
 tmp="$(mktemp -d)"
-trap 'rm -rf "${tmp}"' EXIT
+server_pid=""
+cleanup() {
+  if [[ -n "${server_pid}" ]]; then kill "${server_pid}" 2>/dev/null || true; fi
+  rm -rf "${tmp}"
+}
+trap cleanup EXIT
 export KREW_ROOT="${tmp}/krew" KREW_NO_UPGRADE_CHECK=1
 # No cluster needed, and never the developer's: plugin discovery and
 # `version` must work without one.
@@ -70,3 +79,38 @@ git init -q "${KREW_ROOT}/index/default"
 "${krew}" uninstall bridge </dev/null
 [[ ! -e "${KREW_ROOT}/bin/kubectl-bridge" ]] || { echo "FAIL: krew uninstall left the link" >&2; exit 1; }
 echo "OK: krew install, kubectl discovery, completion and uninstall"
+
+# 5. Downloads, offline: serve dist/ on loopback.
+go build -o "${tmp}/fileserver" ./hack/fileserver
+"${tmp}/fileserver" -dir dist -url-file "${tmp}/url" &
+server_pid=$!
+for _ in $(seq 50); do [[ -s "${tmp}/url" ]] && break; sleep 0.1; done
+base="$(cat "${tmp}/url")"
+# Same file name (krew requires <plugin>.yaml), release URL prefix → loopback.
+mkdir -p "${tmp}/served"
+sed "s#https://github.com/kubectl-bridge/kubectl-bridge/releases/download/[^/]*/#${base}/#" dist/krew/bridge.yaml >"${tmp}/served/bridge.yaml"
+grep -q "uri: ${base}/" "${tmp}/served/bridge.yaml" || { echo "FAIL: could not rewrite the manifest URLs" >&2; exit 1; }
+
+mkdir -p "${tmp}/path"
+ln -s "${krew}" "${tmp}/path/kubectl-krew"
+ln -s "${kubectl}" "${tmp}/path/kubectl" 2>/dev/null || true
+export KREW_ROOT="${tmp}/krew-validate"
+PATH="${tmp}/path:${PATH}" "${validate}" -manifest "${tmp}/served/bridge.yaml" </dev/null
+echo "OK: validate-krew-manifest installed every platform's archive"
+
+# The repository as a custom index: a git repo with plugins/bridge.yaml.
+index="${tmp}/index"
+mkdir -p "${index}/plugins"
+cp "${tmp}/served/bridge.yaml" "${index}/plugins/bridge.yaml"
+git -C "${index}" init -q
+git -C "${index}" add plugins
+git -C "${index}" -c user.name=verify -c user.email=verify@localhost commit -q -m index
+export KREW_ROOT="${tmp}/krew-index"
+# krew updates every index before installing: the default one must be a
+# clone it can pull (the real one is on GitHub).
+git clone -q "${index}" "${KREW_ROOT}/index/default"
+"${krew}" index add bridge "${index}" </dev/null
+"${krew}" install bridge/bridge </dev/null
+out="$(PATH="${KREW_ROOT}/bin:${PATH}" "${kubectl}" bridge version)"
+grep -q "^Version: *${version}\$" <<<"${out}" || { echo "FAIL: after installing from the custom index: ${out}" >&2; exit 1; }
+echo "OK: krew install bridge/bridge from this repository as a custom index"

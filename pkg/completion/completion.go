@@ -39,14 +39,21 @@ const (
 	StatefulSet Kind = "sts"
 )
 
-// aliases maps every spelling users type to the resource kubectl's builder
-// understands. Resolving them here keeps completion free of a discovery
-// round-trip for short names.
-var aliases = map[string]string{
-	"svc": "services", "service": "services", "services": "services",
-	"deploy": "deployments", "deployment": "deployments", "deployments": "deployments",
-	"po": "pods", "pod": "pods", "pods": "pods",
-	"sts": "statefulsets", "statefulset": "statefulsets", "statefulsets": "statefulsets",
+// resourceFor maps every spelling users type to the resource kubectl's builder
+// understands ("" for anything else). Resolving short names here spares
+// completion a discovery round-trip.
+func resourceFor(typ string) string {
+	switch typ {
+	case "svc", "service", "services":
+		return "services"
+	case "deploy", "deployment", "deployments":
+		return "deployments"
+	case "po", "pod", "pods":
+		return "pods"
+	case "sts", "statefulset", "statefulsets":
+		return "statefulsets"
+	}
+	return ""
 }
 
 // Targets returns a cobra ValidArgsFunction for commands taking any number of
@@ -84,8 +91,8 @@ func completeTarget(f cmdutil.Factory, kinds []Kind, toComplete string) ([]strin
 		}
 		return comps, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveNoSpace
 	}
-	resource, ok := aliases[typ]
-	if !ok || !allowed(kinds, resource) {
+	resource := resourceFor(typ)
+	if resource == "" || !allowed(kinds, resource) {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
 	if name, portPrefix, hasColon := strings.Cut(rest, ":"); hasColon {
@@ -108,7 +115,7 @@ func completeTarget(f cmdutil.Factory, kinds []Kind, toComplete string) ([]strin
 }
 
 func allowed(kinds []Kind, resource string) bool {
-	return slices.ContainsFunc(kinds, func(k Kind) bool { return aliases[string(k)] == resource })
+	return slices.ContainsFunc(kinds, func(k Kind) bool { return resourceFor(string(k)) == resource })
 }
 
 // ServicePorts returns a flag completion function for a --port flag of a
@@ -120,7 +127,7 @@ func ServicePorts(f cmdutil.Factory) cobra.CompletionFunc {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
 		typ, name, ok := strings.Cut(args[0], "/")
-		if !ok || aliases[typ] != "services" {
+		if !ok || resourceFor(typ) != "services" {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
 		var comps []string

@@ -49,11 +49,19 @@ var (
 		kubectl bridge completion powershell | Out-String | Invoke-Expression`)
 )
 
-var shells = map[string]func(root *cobra.Command, out io.Writer) error{
-	"bash":       func(root *cobra.Command, out io.Writer) error { return root.GenBashCompletionV2(out, true) },
-	"zsh":        func(root *cobra.Command, out io.Writer) error { return root.GenZshCompletion(out) },
-	"fish":       func(root *cobra.Command, out io.Writer) error { return root.GenFishCompletion(out, true) },
-	"powershell": func(root *cobra.Command, out io.Writer) error { return root.GenPowerShellCompletionWithDesc(out) },
+// generator returns cobra's script generator for a shell, nil for others.
+func generator(shell string) func(root *cobra.Command, out io.Writer) error {
+	switch shell {
+	case "bash":
+		return func(root *cobra.Command, out io.Writer) error { return root.GenBashCompletionV2(out, true) }
+	case "zsh":
+		return func(root *cobra.Command, out io.Writer) error { return root.GenZshCompletion(out) }
+	case "fish":
+		return func(root *cobra.Command, out io.Writer) error { return root.GenFishCompletion(out, true) }
+	case "powershell":
+		return func(root *cobra.Command, out io.Writer) error { return root.GenPowerShellCompletionWithDesc(out) }
+	}
+	return nil
 }
 
 // NewCmdCompletion returns the `kubectl bridge completion SHELL` command.
@@ -67,8 +75,8 @@ func NewCmdCompletion(streams genericiooptions.IOStreams) *cobra.Command {
 		ValidArgs:             []string{"bash", "zsh", "fish", "powershell"},
 		Args:                  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			gen, ok := shells[args[0]]
-			if !ok {
+			gen := generator(args[0])
+			if gen == nil {
 				return exitcode.Usagef("unsupported shell %q: use bash, zsh, fish or powershell", args[0])
 			}
 			cmd.SilenceUsage = true

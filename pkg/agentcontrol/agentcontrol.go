@@ -379,12 +379,20 @@ func (c *Controller) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// teardown restores the Service and deletes the shadow Service and the agent Job; garbage
-// collection removes the agent's RBAC and pod, which the agent may not delete itself.
+// teardown restores the Service, deletes the Leases its dead sessions left (their CLIs are gone:
+// nobody else would), the shadow Service and the agent Job; garbage collection removes the agent's
+// RBAC and pod, which the agent may not delete itself.
 func (c *Controller) teardown(ctx context.Context) error {
 	var acts []cleanup.Action
+	now := c.cfg.Clock.Now()
+	leases, _ := c.leases.Leases(c.cfg.Namespace).List(labels.Everything())
+	for _, l := range leases {
+		if info := session.FromLease(l); info.Expired(now) {
+			acts = append(acts, cleanup.SessionDelete(info))
+		}
+	}
 	for _, a := range cleanup.ServiceTeardown(inventory.ServiceKey{Namespace: c.cfg.Namespace, Name: c.cfg.Service}, nil) {
-		if a.Kind == cleanup.KindService || a.Kind == cleanup.KindJob {
+		if a.Kind == cleanup.KindService || a.Kind == cleanup.KindJob || a.Kind == cleanup.KindLease {
 			acts = append(acts, a)
 		}
 	}

@@ -148,6 +148,9 @@ func TestEvictsAndTearsDownWhenIdle(t *testing.T) {
 	if _, err := c.BatchV1().Jobs("dev").Get(ctx, objects.AgentName("api"), metav1.GetOptions{}); err == nil {
 		t.Fatal("agent job not deleted")
 	}
+	if _, err := c.CoordinationV1().Leases("dev").Get(ctx, session.LeaseName("dead0001"), metav1.GetOptions{}); err == nil {
+		t.Fatal("the dead session's Lease survived the teardown")
+	}
 }
 
 func waitCache(t *testing.T, cond func() bool) {

@@ -168,9 +168,9 @@ func AgentServiceAccount(p AgentParams, job *batchv1.Job) *corev1.ServiceAccount
 }
 
 // AgentRules are exactly the permissions the agent needs: follow and re-switch its Service, see its
-// own pod's readiness, manage
-// its shadow Service, read session Leases and write their admission status, record Events, and
-// delete its own Job when the last session is gone. `doctor --print-rbac` prints the same rules.
+// own pod's readiness, manage its shadow Service, read session Leases, write their admission status
+// and delete those of dead sessions, record Events, and delete its own Job when the last session is
+// gone. `doctor --print-rbac` prints the same rules.
 func AgentRules(service string) []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"get", "list", "watch"}},
@@ -180,7 +180,7 @@ func AgentRules(service string) []rbacv1.PolicyRule {
 			ResourceNames: []string{ShadowName(service)}},
 		// Its own pod, to switch the Service only once the kubelet reports the agent Ready.
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
-		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "update", "patch"}},
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "update", "patch", "delete"}},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 		{APIGroups: []string{"batch"}, Resources: []string{"jobs"}, Verbs: []string{"get", "delete"},

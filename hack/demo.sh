@@ -100,6 +100,11 @@ pids+=($ipid)
 for _ in $(seq 600); do grep -q "Tunnel connected" "$OUT/intercept.log" && break; sleep 0.1; done
 cat "$OUT/intercept.log"
 
+# The selector switch reaches kube-proxy a moment after the CLI announces it (new connections only).
+for _ in $(seq 50); do
+  "$KUBECTL" -n "$NS" exec client -- /echo get -H x-owner=me "http://api.$NS.svc.cluster.local/" 2>/dev/null | grep -q my-laptop && break
+  sleep 0.2
+done
 echo
 echo "\$ kubectl exec client -- echo get -H x-owner=me http://api/   (my request, from inside the cluster)"
 mine=$("$KUBECTL" -n "$NS" exec client -- /echo get --count 3 -H x-owner=me "http://api.$NS.svc.cluster.local/")

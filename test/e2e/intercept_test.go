@@ -32,8 +32,15 @@ type localApp struct {
 	reqs []*http.Request
 }
 
-func startLocalApp(t *testing.T) *localApp {
+func startLocalApp(t *testing.T) *localApp { return startNamedApp(t, "") }
+
+// startNamedApp starts a local app answering "laptop NAME <method> <path>".
+func startNamedApp(t *testing.T, name string) *localApp {
 	t.Helper()
+	who := "laptop"
+	if name != "" {
+		who += " " + name
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +51,7 @@ func startLocalApp(t *testing.T) *localApp {
 		app.mu.Lock()
 		app.reqs = append(app.reqs, r)
 		app.mu.Unlock()
-		fmt.Fprintf(w, "laptop %s %s", r.Method, r.URL.Path)
+		fmt.Fprintf(w, "%s %s %s", who, r.Method, r.URL.Path)
 	})}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })

@@ -182,8 +182,10 @@ func get(args []string) error {
 	timeout := fs.Duration("timeout", 5*time.Second, "timeout of each request")
 	interval := fs.Duration("interval", 0, "pause between requests")
 	discard := fs.Bool("discard", false, "count the body bytes instead of parsing the answer (bulk downloads)")
-	var headers headerFlags
+	method := fs.String("X", http.MethodGet, "request method")
+	var headers, alt headerFlags
 	fs.Var(&headers, "H", "request header Name=Value (repeatable)")
+	fs.Var(&alt, "alt-H", "header Name=Value added to every other request only (the 1st, 3rd, …), to mix matching and non-matching requests on one keep-alive connection")
 	_ = fs.Parse(args)
 	if fs.NArg() != 1 {
 		return errors.New("get needs exactly one URL")
@@ -199,7 +201,11 @@ func get(args []string) error {
 			time.Sleep(*interval)
 		}
 		t0 := time.Now()
-		rep, n, err := once(client, url, headers, *discard)
+		hs := headers
+		if i%2 == 0 {
+			hs = append(slices.Clone(headers), alt...)
+		}
+		rep, n, err := once(client, *method, url, hs, *discard)
 		sum.Bytes += n
 		if err != nil {
 			sum.Failed++
@@ -224,8 +230,8 @@ func get(args []string) error {
 	return json.NewEncoder(os.Stdout).Encode(sum)
 }
 
-func once(client *http.Client, url string, headers []string, discard bool) (*Reply, int64, error) {
-	req, err := http.NewRequest(http.MethodGet, url, nil)
+func once(client *http.Client, method, url string, headers []string, discard bool) (*Reply, int64, error) {
+	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
 		return nil, 0, err
 	}

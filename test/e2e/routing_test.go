@@ -1,0 +1,213 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kubectl-bridge/kubectl-bridge/test/e2e/framework"
+)
+
+// fromApp counts the answers of a Summary that came from the local app called name.
+func fromApp(s framework.Summary, name string) int {
+	n := 0
+	for pod, c := range s.Pods {
+		if strings.HasPrefix(pod, "(non-echo) laptop "+name+" ") {
+			n += c
+		}
+	}
+	return n
+}
+
+// fromCluster counts the answers of a Summary that came from the original echo pods.
+func fromCluster(s framework.Summary) int {
+	n := 0
+	for pod, c := range s.Pods {
+		if strings.HasPrefix(pod, "echo-") {
+			n += c
+		}
+	}
+	return n
+}
+
+// waitRoute waits until a request with args reaches the local app name (the selector switch has
+// to propagate to kube-proxy once; after that routing is the agent's, per request).
+func waitRoute(t *testing.T, client *framework.Client, url, name string, args ...string) {
+	t.Helper()
+	err := framework.Poll(context.Background(), 60*time.Second, func(context.Context) (bool, error) {
+		return fromApp(client.Get(t, url, append([]string{"--new-conn"}, args...)...), name) == 1, nil
+	})
+	if err != nil {
+		t.Fatalf("requests %v never reached %s", args, name)
+	}
+}
+
+// TestHeaderRouting: several developers on one Service, each receiving all and only their own
+// requests, everyone else's still served by the original pods — HTTP/1.1 per request, also on one
+// keep-alive connection, with exact, regex, path and method rules.
+func TestHeaderRouting(t *testing.T) {
+	ns := fw.Namespace(t, nil)
+	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{Replicas: 2})
+	client := fw.ClientPod(t, ns)
+	before := snapshot(t, ns, "echo")
+	url := echo.URL("/api")
+
+	var procs []*framework.Process
+	for i := 0; i < 5; i++ {
+		name := fmt.Sprintf("dev%d", i)
+		app := startNamedApp(t, name)
+		procs = append(procs, startIntercept(t, ns, "svc/echo", "--to", app.Addr, "--header", "x-owner="+name))
+	}
+	waitRoute(t, client, url, "dev0", "-H", "x-owner=dev0")
+
+	for i := 0; i < 5; i++ {
+		name := fmt.Sprintf("dev%d", i)
+		s := client.Get(t, url, "--count", "6", "--new-conn", "-H", "x-owner="+name)
+		if s.OK != 6 || fromApp(s, name) != 6 {
+			t.Fatalf("requests of %s: %d ok, %d reached %s; answers %v", name, s.OK, fromApp(s, name), name, s.Pods)
+		}
+	}
+	s := client.Get(t, url, "--count", "10", "--new-conn", "-H", "x-owner=someone-else")
+	if s.OK != 10 || fromCluster(s) != 10 {
+		t.Fatalf("unmatched requests: %d ok, %d from the original pods; answers %v", s.OK, fromCluster(s), s.Pods)
+	}
+	// One keep-alive connection alternating matching and non-matching requests: each answered by
+	// the right side, in order.
+	s = client.Get(t, url, "--count", "10", "--alt-H", "x-owner=dev3")
+	if s.OK != 10 || fromApp(s, "dev3") != 5 || fromCluster(s) != 5 {
+		t.Fatalf("alternating on one connection: %d ok, %d to dev3, %d to the cluster; answers %v", s.OK, fromApp(s, "dev3"), fromCluster(s), s.Pods)
+	}
+
+	list := fw.RunBridge(t, "list", "-n", ns, "-o", "wide")
+	if strings.Count(list.Stdout, "X-Owner=dev") != 5 {
+		t.Fatalf("list -o wide should show the five rules:\n%s", list.Stdout)
+	}
+
+	// An identical rule is refused by the agent's admission, naming who holds it; nothing changes.
+	dup := fw.RunBridge(t, "intercept", "-n", ns, "svc/echo", "--to", "127.0.0.1:1", "--header", "x-owner=dev2")
+	if dup.ExitCode == 0 || !strings.Contains(dup.Stderr, "dev2") || !strings.Contains(dup.Stderr, "kubernetes-admin") {
+		t.Fatalf("identical rule: exit %d, stderr:\n%s", dup.ExitCode, dup.Stderr)
+	}
+	// A whole-port steal would take everyone's traffic: refused too.
+	whole := fw.RunBridge(t, "intercept", "-n", ns, "svc/echo", "--to", "127.0.0.1:1")
+	if whole.ExitCode == 0 {
+		t.Fatalf("whole-port steal next to rules was admitted:\n%s", whole.Stderr)
+	}
+	if s := client.Get(t, url, "--count", "3", "--new-conn", "-H", "x-owner=dev2"); fromApp(s, "dev2") != 3 {
+		t.Fatalf("after the refusals dev2 lost its requests: %v", s.Pods)
+	}
+
+	for _, p := range procs {
+		p.Signal(syscall.SIGINT)
+	}
+	for _, p := range procs {
+		if res := p.Wait(60 * time.Second); res.ExitCode != 0 {
+			t.Fatalf("Ctrl-C: exit %d\n%s", res.ExitCode, res.Stderr)
+		}
+	}
+	waitRestored(t, ns, "echo", before, 60*time.Second)
+}
+
+func TestRuleKinds(t *testing.T) {
+	ns := fw.Namespace(t, nil)
+	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
+	client := fw.ClientPod(t, ns)
+	regex, path, post, mirror := startNamedApp(t, "regex"), startNamedApp(t, "path"), startNamedApp(t, "post"), startNamedApp(t, "mirror")
+	startIntercept(t, ns, "svc/echo", "--to", regex.Addr, "--header", "x-team=~blue-[0-9]+")
+	startIntercept(t, ns, "svc/echo", "--to", path.Addr, "--path-prefix", "/v2/")
+	startIntercept(t, ns, "svc/echo", "--to", post.Addr, "--method", "POST", "--path", "/orders")
+	startIntercept(t, ns, "svc/echo", "--to", mirror.Addr, "--mode", "mirror", "--header", "x-trace=on")
+	waitRoute(t, client, echo.URL("/x"), "regex", "-H", "x-team=blue-7")
+
+	cases := []struct {
+		what, path, app string
+		args            []string
+	}{
+		{"header regex", "/x", "regex", []string{"-H", "x-team=blue-42"}},
+		{"header regex, no full match", "/x", "", []string{"-H", "x-team=blue-42-x"}},
+		{"path prefix", "/v2/items", "path", nil},
+		{"path prefix, other path", "/v1/items", "", nil},
+		{"method and path", "/orders", "post", []string{"-X", "POST"}},
+		{"method alone is not enough", "/orders", "", []string{"-X", "GET"}},
+	}
+	for _, tc := range cases {
+		s := client.Get(t, echo.URL(tc.path), append([]string{"--count", "3", "--new-conn"}, tc.args...)...)
+		if tc.app == "" && fromCluster(s) != 3 {
+			t.Errorf("%s: want the original pods, got %v %v", tc.what, s.Pods, s.Errors)
+		}
+		if tc.app != "" && fromApp(s, tc.app) != 3 {
+			t.Errorf("%s: want %s, got %v %v", tc.what, tc.app, s.Pods, s.Errors)
+		}
+	}
+	// Mirror with a rule: the cluster answers, the laptop gets a copy of the matching requests only.
+	s := client.Get(t, echo.URL("/traced"), "--count", "4", "--new-conn", "-H", "x-trace=on")
+	if fromCluster(s) != 4 {
+		t.Fatalf("mirrored requests must be answered by the cluster: %v", s.Pods)
+	}
+	client.Get(t, echo.URL("/untraced"), "--count", "2", "--new-conn")
+	err := framework.Poll(context.Background(), 10*time.Second, func(context.Context) (bool, error) {
+		return len(mirror.Requests()) >= 4, nil
+	})
+	if err != nil || len(mirror.Requests()) != 4 {
+		t.Fatalf("mirror copies: got %d, want the 4 matching requests", len(mirror.Requests()))
+	}
+	for _, r := range mirror.Requests() {
+		if r.URL.Path != "/traced" {
+			t.Fatalf("mirror received a non-matching request %s", r.URL.Path)
+		}
+	}
+}
+
+// TestZeroDisruption: a steady stream of unmatched in-cluster requests sees no failure while a
+// first session starts, a second joins and leaves, the original Deployment rolls out, and the last
+// session ends.
+func TestZeroDisruption(t *testing.T) {
+	ns := fw.Namespace(t, nil)
+	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{Replicas: 2})
+	client := fw.ClientPod(t, ns)
+
+	var (
+		wg  sync.WaitGroup
+		sum framework.Summary
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		// ~40 s of requests, a new connection each, none matching anyone's rule.
+		stdout, stderr, err := fw.Exec(context.Background(), ns, "client",
+			[]string{"/echo", "get", "--count", "2000", "--interval", "20ms", "--new-conn", "--timeout", "10s", echo.URL("/steady")})
+		if err != nil {
+			t.Errorf("steady stream: %v %s", err, stderr)
+			return
+		}
+		if err := json.Unmarshal([]byte(stdout), &sum); err != nil {
+			t.Errorf("steady stream output %q: %v", stdout, err)
+		}
+	}()
+	time.Sleep(2 * time.Second)
+	a, b := startNamedApp(t, "a"), startNamedApp(t, "b")
+	first := startIntercept(t, ns, "svc/echo", "--to", a.Addr, "--header", "x-owner=a")
+	waitRoute(t, client, echo.URL("/a"), "a", "-H", "x-owner=a")
+	second := startIntercept(t, ns, "svc/echo", "--to", b.Addr, "--header", "x-owner=b")
+	time.Sleep(3 * time.Second)
+	second.Signal(syscall.SIGINT)
+	second.Wait(30 * time.Second)
+	old := podNamesOf(t, ns, "app=echo")
+	rolloutRestart(t, ns, "echo")
+	waitRolledOut(t, ns, "echo", old)
+	time.Sleep(3 * time.Second)
+	first.Signal(syscall.SIGINT)
+	first.Wait(30 * time.Second)
+	wg.Wait()
+	t.Logf("steady stream: %d requests, %d failed, answered by %v", sum.OK+sum.Failed, sum.Failed, sum.Pods)
+	if sum.OK == 0 || sum.Failed != 0 {
+		t.Fatalf("unmatched requests failed during the sessions and the rollout: %d of %d: %v", sum.Failed, sum.OK+sum.Failed, sum.Errors)
+	}
+}

@@ -46,7 +46,7 @@ func startNamedApp(t *testing.T, name string) *localApp {
 		t.Fatal(err)
 	}
 	app := &localApp{Addr: ln.Addr().String()}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := &http.Server{Protocols: h1h2c(), Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		app.mu.Lock()
 		app.reqs = append(app.reqs, r)
@@ -56,6 +56,14 @@ func startNamedApp(t *testing.T, name string) *localApp {
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return app
+}
+
+// h1h2c serves HTTP/1.1 and HTTP/2 with prior knowledge, as a developer's gRPC or h2c app does.
+func h1h2c() *http.Protocols {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return p
 }
 
 func (a *localApp) Reset() {

@@ -6,11 +6,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kubectl-bridge/kubectl-bridge/test/e2e/framework"
 )
@@ -210,4 +216,103 @@ func TestZeroDisruption(t *testing.T) {
 	if sum.OK == 0 || sum.Failed != 0 {
 		t.Fatalf("unmatched requests failed during the sessions and the rollout: %d of %d: %v", sum.Failed, sum.OK+sum.Failed, sum.Errors)
 	}
+}
+
+// TestRoutingProtocols: h2c (gRPC's transport) routed per stream on one connection, WebSocket
+// routed on its upgrade and kept there, TLS passed through untouched to the original pods.
+func TestRoutingProtocols(t *testing.T) {
+	ns := fw.Namespace(t, nil)
+	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
+	fw.DeployEcho(t, ns, "secure", framework.EchoOptions{TLS: true})
+	client := fw.ClientPod(t, ns)
+
+	h2 := startNamedApp(t, "h2")
+	startIntercept(t, ns, "svc/echo", "--to", h2.Addr, "--header", "x-owner=h2")
+	// The developer's WebSocket-speaking app: the echo app itself, run locally.
+	wsAddr := freeLocalAddr(t)
+	app := exec.Command(fw.BinDir+"/echo", "serve", "--listen", wsAddr)
+	app.Env = append(os.Environ(), "POD_NAME=laptop-ws")
+	if err := app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
+	startIntercept(t, ns, "svc/echo", "--to", wsAddr, "--header", "x-owner=ws")
+	waitRoute(t, client, echo.URL("/h2"), "h2", "-H", "x-owner=h2")
+
+	s := client.Get(t, echo.URL("/h2"), "--h2c", "--count", "8", "--alt-H", "x-owner=h2")
+	if s.OK != 8 || fromApp(s, "h2") != 4 || fromCluster(s) != 4 {
+		t.Fatalf("h2c streams on one connection: %d ok, %d to the laptop, %d to the cluster: %v %v", s.OK, fromApp(s, "h2"), fromCluster(s), s.Pods, s.Errors)
+	}
+
+	wsURL := fmt.Sprintf("ws://echo.%s.svc.cluster.local/ws", ns)
+	if s := client.Get(t, wsURL, "--ws", "--count", "3", "-H", "x-owner=ws"); s.Pods["laptop-ws"] != 3 {
+		t.Fatalf("matching WebSockets: %v %v", s.Pods, s.Errors)
+	}
+	if s := client.Get(t, wsURL, "--ws", "--count", "3"); fromCluster(s) != 3 {
+		t.Fatalf("unmatched WebSockets: %v %v", s.Pods, s.Errors)
+	}
+
+	// A port whose name says nothing of its protocol accepts rules; TLS on it is passed through.
+	tlsApp := startNamedApp(t, "tls")
+	startIntercept(t, ns, "svc/secure", "--to", tlsApp.Addr, "--header", "x-owner=tls")
+	// Wait until TLS connections reach the agent (the switch propagates to kube-proxy), counted by
+	// the agent's own sniffer metric, then check a batch: all of it through the agent, untouched.
+	var base float64
+	err := framework.Poll(context.Background(), 30*time.Second, func(context.Context) (bool, error) {
+		client.Get(t, fmt.Sprintf("https://secure.%s.svc.cluster.local/", ns), "--new-conn", "--insecure")
+		base = agentMetric(t, ns, "secure", `bridge_agent_sniffed_connections_total{port="web",protocol="tls"}`)
+		return base > 0, nil
+	})
+	if err != nil {
+		t.Fatal("no TLS connection ever reached the agent")
+	}
+	s2 := client.Get(t, fmt.Sprintf("https://secure.%s.svc.cluster.local/", ns), "--count", "5", "--new-conn", "--insecure", "-H", "x-owner=tls")
+	for _, r := range []framework.Summary{s2} {
+		n := 0
+		for pod, c := range r.Pods {
+			if strings.HasPrefix(pod, "secure-") {
+				n += c
+			}
+		}
+		if r.OK != 5 || n != 5 {
+			t.Fatalf("TLS through the agent must reach the original pods untouched: %v %v", r.Pods, r.Errors)
+		}
+	}
+	if got := agentMetric(t, ns, "secure", `bridge_agent_sniffed_connections_total{port="web",protocol="tls"}`); got != base+5 {
+		t.Fatalf("the agent sniffed %v TLS connections for a batch of 5", got-base)
+	}
+	if len(tlsApp.Requests()) != 0 {
+		t.Fatalf("the laptop received %d requests from inside TLS", len(tlsApp.Requests()))
+	}
+}
+
+// agentMetric reads one sample of the agent's /metrics through the API server's pod proxy.
+func agentMetric(t *testing.T, ns, service, sample string) float64 {
+	t.Helper()
+	ctx := context.Background()
+	pods, err := fw.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubectl-bridge.io/agent-for=" + service})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("agent pod of %s: %v", service, err)
+	}
+	raw, err := fw.Client.CoreV1().Pods(ns).ProxyGet("http", pods.Items[0].Name, "7071", "/metrics", nil).DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("agent metrics: %v", err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+func freeLocalAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

@@ -41,6 +41,9 @@ type EchoOptions struct {
 	SecondPort bool
 	// AppProtocol, when set, is put on the main Service port.
 	AppProtocol string
+	// TLS serves HTTPS with a self-signed certificate on the main port, exposed as Service port
+	// 443 named "web" (a name that says nothing about the protocol).
+	TLS bool
 }
 
 // SecureContext is a container security context admitted by Pod Security "restricted".
@@ -76,11 +79,18 @@ func (f *Framework) DeployEcho(t testing.TB, ns, name string, o EchoOptions) *Ec
 		o.Replicas = 1
 	}
 	labels := map[string]string{"app": name}
-	c := echoContainer("serve", "--listen", ":8080", "--extra-listen", ":8081")
+	args := []string{"serve", "--listen", ":8080", "--extra-listen", ":8081"}
+	if o.TLS {
+		args = append(args, "--tls")
+	}
+	c := echoContainer(args...)
 	c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}, {Name: "admin", ContainerPort: 8081}}
 	c.ReadinessProbe = &corev1.Probe{
 		ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}},
 		PeriodSeconds: 1,
+	}
+	if o.TLS {
+		c.ReadinessProbe.HTTPGet.Scheme = corev1.URISchemeHTTPS
 	}
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
@@ -100,6 +110,9 @@ func (f *Framework) DeployEcho(t testing.TB, ns, name string, o EchoOptions) *Ec
 		t.Fatalf("create deployment %s/%s: %v", ns, name, err)
 	}
 	ports := []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}
+	if o.TLS {
+		ports[0].Name, ports[0].Port = "web", 443
+	}
 	if o.AppProtocol != "" {
 		ports[0].AppProtocol = &o.AppProtocol
 	}

@@ -9,12 +9,18 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -74,6 +80,7 @@ func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", ":8080", "address of the HTTP listener")
 	extra := fs.String("extra-listen", "", "optional second HTTP listener (for two-port Services)")
+	useTLS := fs.Bool("tls", false, "serve HTTPS (a self-signed certificate made at start) instead of plain HTTP/h2c")
 	_ = fs.Parse(args)
 
 	pod := podName()
@@ -138,7 +145,16 @@ func serve(args []string) error {
 	for _, a := range addrs {
 		srv := &http.Server{Addr: a, Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 		servers = append(servers, srv)
-		go func() { errc <- srv.ListenAndServe() }()
+		if *useTLS {
+			cert, err := selfSigned(pod)
+			if err != nil {
+				return err
+			}
+			srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+			go func() { errc <- srv.ListenAndServeTLS("", "") }()
+		} else {
+			go func() { errc <- srv.ListenAndServe() }()
+		}
 		fmt.Printf("echo: pod %s serving on %s\n", pod, a)
 	}
 	select {
@@ -182,6 +198,9 @@ func get(args []string) error {
 	timeout := fs.Duration("timeout", 5*time.Second, "timeout of each request")
 	interval := fs.Duration("interval", 0, "pause between requests")
 	discard := fs.Bool("discard", false, "count the body bytes instead of parsing the answer (bulk downloads)")
+	h2c := fs.Bool("h2c", false, "speak HTTP/2 with prior knowledge (h2c, as gRPC does), all requests on one connection")
+	insecure := fs.Bool("insecure", false, "accept any TLS certificate (https:// URLs)")
+	ws := fs.Bool("ws", false, "open a WebSocket to the URL (ws://…), send one message per request and read the echo")
 	method := fs.String("X", http.MethodGet, "request method")
 	var headers, alt headerFlags
 	fs.Var(&headers, "H", "request header Name=Value (repeatable)")
@@ -191,8 +210,18 @@ func get(args []string) error {
 		return errors.New("get needs exactly one URL")
 	}
 	url := fs.Arg(0)
-	tr := &http.Transport{DialContext: (&net.Dialer{Timeout: *timeout}).DialContext, DisableKeepAlives: *newConn}
+	tr := &http.Transport{DialContext: (&net.Dialer{Timeout: *timeout}).DialContext, DisableKeepAlives: *newConn,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: *insecure}} //nolint:gosec // test client of self-signed test servers
 	client := &http.Client{Transport: tr, Timeout: *timeout}
+	if *h2c {
+		client.Transport = &http2.Transport{AllowHTTP: true,
+			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+				return (&net.Dialer{Timeout: *timeout}).DialContext(ctx, network, addr)
+			}}
+	}
+	if *ws {
+		return wsGet(url, headers, *count, *timeout)
+	}
 	sum := Summary{Pods: map[string]int{}}
 	var lat []time.Duration
 	start := time.Now()
@@ -265,4 +294,53 @@ func once(client *http.Client, method, url string, headers []string, discard boo
 		return &Reply{Pod: "(non-echo) " + strings.TrimSpace(string(body))}, n, nil
 	}
 	return &rep, n, nil
+}
+
+// wsGet opens one WebSocket per request, sends "hi" and reports which pod echoed it.
+func wsGet(url string, headers []string, count int, timeout time.Duration) error {
+	sum := Summary{Pods: map[string]int{}}
+	h := http.Header{}
+	for _, kv := range headers {
+		k, v, _ := strings.Cut(kv, "=")
+		h.Add(k, v)
+	}
+	d := websocket.Dialer{HandshakeTimeout: timeout}
+	for i := 0; i < count; i++ {
+		c, _, err := d.Dial(url, h)
+		if err == nil {
+			err = c.WriteMessage(websocket.TextMessage, []byte("hi"))
+		}
+		var msg []byte
+		if err == nil {
+			_ = c.SetReadDeadline(time.Now().Add(timeout))
+			_, msg, err = c.ReadMessage()
+		}
+		if c != nil {
+			_ = c.Close()
+		}
+		if err != nil {
+			sum.Failed++
+			sum.Errors = append(sum.Errors, err.Error())
+			continue
+		}
+		sum.OK++
+		who, _, _ := strings.Cut(string(msg), ": ")
+		sum.Pods[who]++
+	}
+	return json.NewEncoder(os.Stdout).Encode(sum)
+}
+
+// selfSigned makes a throwaway certificate for the TLS pass-through tests.
+func selfSigned(name string) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), DNSNames: []string{name}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }

@@ -57,13 +57,12 @@ var (
 		Every new connection goes to a ready pod, spread over all of them; when a pod goes
 		away its connections close and new ones go to another ready pod.
 
-		The forward is recorded in the cluster (a Lease named bridge-<session>) so that
-		'kubectl bridge list' shows it; it is removed when the forward ends.
-
-		With --env-file, or when a command follows '--', the BRIDGE_<SERVICE>_URL, _HOST
-		and _PORT variables describe the forwarded ports (BRIDGE_<SERVICE>_<PORT>_… when a
-		target has several). The command runs with them and the forward ends with it,
-		with the command's exit code.`)
+		The forward is recorded in the cluster (a Lease named bridge-SESSION) so that
+		'kubectl bridge list' shows it; it is removed when the forward ends.`) +
+		// Appended after LongDesc: its Markdown rendering would eat the underscores.
+		"\n\n With --env-file, or when a command follows '--', BRIDGE_<SERVICE>_URL, _HOST and _PORT\n" +
+		" describe the forwarded ports (BRIDGE_<SERVICE>_<PORTNAME>_URL and so on when a target has\n" +
+		" several). The command runs with them; the forward ends with it, with its exit code."
 
 	forwardExample = templates.Examples(`
 		# Reach svc/db on localhost (its port 5432 → 127.0.0.1:5432 when free)

@@ -29,7 +29,7 @@ import (
 const benchBytes = 128 << 20
 
 // download fetches /bulk through url and returns the throughput in MB/s.
-func download(t *testing.T, url string) float64 {
+func download(t testing.TB, url string) float64 {
 	t.Helper()
 	start := time.Now()
 	resp, err := newConnClient().Get(url + "/bulk?bytes=" + strconv.Itoa(benchBytes))
@@ -46,7 +46,7 @@ func download(t *testing.T, url string) float64 {
 
 // requestRate sends sequential small requests on one keep-alive connection and returns requests
 // per second: the latency side of a port-forward (each request is a couple of small frames).
-func requestRate(t *testing.T, url string) float64 {
+func requestRate(t testing.TB, url string) float64 {
 	t.Helper()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: time.Minute}
 	const n = 200
@@ -64,7 +64,7 @@ func requestRate(t *testing.T, url string) float64 {
 
 // kubectlPortForward forwards a local port to pod:8080 with client-go's PortForwarder, exactly
 // what `kubectl port-forward` runs (WebSocket with SPDY fallback).
-func kubectlPortForward(t *testing.T, ns, pod string) string {
+func kubectlPortForward(t testing.TB, ns, pod string) string {
 	t.Helper()
 	req := fw.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("portforward")
 	transport, upgrader, err := spdy.RoundTripperFor(fw.Config)
@@ -96,7 +96,7 @@ func kubectlPortForward(t *testing.T, ns, pod string) string {
 
 // inProcessForward runs the forward library in the test process, like kubectlPortForward runs
 // client-go's, so that the two compare without a process boundary in between.
-func inProcessForward(t *testing.T, ns string) string {
+func inProcessForward(t testing.TB, ns string) string {
 	t.Helper()
 	ctx := context.Background()
 	svc, err := fw.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
@@ -128,7 +128,7 @@ func inProcessForward(t *testing.T, ns string) string {
 }
 
 // kubectlBinaryPortForward runs the real `kubectl port-forward` when kubectl is on PATH.
-func kubectlBinaryPortForward(t *testing.T, ns, pod string) (string, bool) {
+func kubectlBinaryPortForward(t testing.TB, ns, pod string) (string, bool) {
 	t.Helper()
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
@@ -159,13 +159,15 @@ func kubectlBinaryPortForward(t *testing.T, ns, pod string) (string, bool) {
 	return "http://" + addr, true
 }
 
-// TestForwardThroughput reports download throughput and the request rate on one connection
+// BenchmarkForwardThroughput reports download throughput and the request rate on one connection
 // through kubectl bridge forward (several copy buffer sizes, with and without frame coalescing),
 // through kubectl port-forward (client-go's PortForwarder in this process, and the kubectl binary
 // when installed), through the forward library in this process, and straight to the pod IP, all
 // in the same run. Variants are interleaved over several rounds and medians reported, because the
-// machine's CPU is shared. It measures; it asserts nothing but that the transfers complete.
-func TestForwardThroughput(t *testing.T) {
+// machine's CPU is shared. It is a benchmark (hack/bench.sh), not a test: it measures and its
+// figures go to docs/benchmarks.md; it runs its own rounds whatever b.N is.
+func BenchmarkForwardThroughput(b *testing.B) {
+	t := b
 	ns := fw.Namespace(t, nil)
 	fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
 	pod := ""

@@ -48,7 +48,7 @@ type forwardJSON struct {
 
 // startForward runs `kubectl bridge forward -o json -n ns args...` and returns the process and
 // the mapping it printed.
-func startForward(t *testing.T, ns string, args ...string) (*framework.Process, forwardJSON) {
+func startForward(t testing.TB, ns string, args ...string) (*framework.Process, forwardJSON) {
 	t.Helper()
 	p := fw.StartBridge(t, append([]string{"forward", "-n", ns, "-o", "json"}, args...)...)
 	p.WaitOutput(`"session"`, 2*time.Minute)
@@ -62,7 +62,7 @@ func startForward(t *testing.T, ns string, args ...string) (*framework.Process, 
 
 // url returns the local HTTP URL of a forwarded target/port (every echo port speaks HTTP,
 // whatever scheme the port's name or appProtocol gave its variable).
-func (d forwardJSON) url(t *testing.T, target, portName string) string {
+func (d forwardJSON) url(t testing.TB, target, portName string) string {
 	t.Helper()
 	for _, f := range d.Forwards {
 		if f.Target == target && (portName == "" || f.PortName == portName) {
@@ -338,7 +338,7 @@ func startLoad(url string, n int, stop <-chan struct{}) *loadLoop {
 	return l
 }
 
-func podNamesOf(t *testing.T, ns, selector string) map[string]bool {
+func podNamesOf(t testing.TB, ns, selector string) map[string]bool {
 	t.Helper()
 	pods, err := fw.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
 	if err != nil {

@@ -224,3 +224,27 @@ func median(xs []float64) float64 {
 	sort.Float64s(s)
 	return s[len(s)/2]
 }
+
+// BenchmarkForwardLatency compares request latency (p50/p99) through kubectl bridge forward and
+// through the kubectl binary's port-forward to the same single pod, with keep-alive and with a new
+// connection per request, plus direct access to the pod IP as the floor.
+func BenchmarkForwardLatency(b *testing.B) {
+	ns := fw.Namespace(b, nil)
+	fw.DeployEcho(b, ns, "echo", framework.EchoOptions{})
+	pod := ""
+	for p := range podNamesOf(b, ns, "app=echo") {
+		pod = p
+	}
+	p, err := fw.Client.CoreV1().Pods(ns).Get(context.Background(), pod, metav1.GetOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	kpf := kubectlPortForwardTB(b, ns, pod)
+	_, doc := startForward(b, ns, "svc/echo")
+	bridge := doc.url(b, "svc/echo", "")
+	direct := "http://" + net.JoinHostPort(p.Status.PodIP, "8080")
+	for _, v := range []struct{ name, url string }{{"kubectl-port-forward", kpf}, {"bridge-forward", bridge}, {"direct-pod", direct}} {
+		b.Run(v.name+"/keepalive", func(b *testing.B) { localLatency(b, v.url+"/k", false) })
+		b.Run(v.name+"/newconn", func(b *testing.B) { localLatency(b, v.url+"/n", true) })
+	}
+}

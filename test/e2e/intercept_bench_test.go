@@ -69,10 +69,9 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	})
 	b.Logf("command start to first intercepted request: %s", first.Round(time.Millisecond))
 
-	n := strconv.Itoa(b.N)
 	inCluster := func(name, url string, args ...string) {
 		b.Run(name, func(b *testing.B) {
-			s := client.Get(b, url, append([]string{"--count", n}, args...)...)
+			s := client.Get(b, url, append([]string{"--count", strconv.Itoa(b.N)}, args...)...)
 			if s.Failed > 0 {
 				b.Fatalf("%d failed: %v", s.Failed, s.Errors)
 			}

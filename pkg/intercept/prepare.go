@@ -26,10 +26,12 @@ import (
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/agent"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/agentcontrol"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/envfile"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/objects"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/redirect"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/session"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/workloadenv"
 )
 
 // Defaults.
@@ -382,6 +384,25 @@ func (p *Plan) namedTargetPorts(ctx context.Context) (map[string]int32, error) {
 		}
 	}
 	return out, nil
+}
+
+// WorkloadEnv is the environment of the container serving the intercepted port in a ready pod of
+// the Service (ConfigMap and Secret references, envFrom and downward-API fields resolved), for the
+// local process to start with the cluster's configuration.
+func (p *Plan) WorkloadEnv(ctx context.Context) ([]envfile.Var, error) {
+	pods, err := p.cfg.Client.CoreV1().Pods(p.cfg.Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: labels.SelectorFromSet(objects.OriginalSelector(p.svc)).String()})
+	if err != nil {
+		return nil, fmt.Errorf("list pods of service %s: %w", p.svc.Name, err)
+	}
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		if pod.Status.Phase != corev1.PodRunning || pod.DeletionTimestamp != nil {
+			continue
+		}
+		return workloadenv.Resolve(ctx, p.cfg.Client, pod, workloadenv.Container(pod, p.port.TargetPort))
+	}
+	return nil, fmt.Errorf("no running pod of service %s to read the environment from (--env-file): start the workload first", p.svc.Name)
 }
 
 // checkSidecars warns when the original pods carry a service-mesh proxy: the mesh may encrypt or

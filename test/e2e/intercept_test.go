@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -475,4 +476,29 @@ func TestInterceptBadInput(t *testing.T) {
 		p.Wait(30 * time.Second)
 		waitRestored(t, ns, "echo", before["echo"], 60*time.Second)
 	})
+}
+
+// TestInterceptWorkloadEnv: the local process starts with the intercepted workload's environment
+// (here a downward-API field), written to --env-file and given to '-- COMMAND'.
+func TestInterceptWorkloadEnv(t *testing.T) {
+	ns := fw.Namespace(t, nil)
+	fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
+	before := snapshot(t, ns, "echo")
+	app := startLocalApp(t)
+	envFile := t.TempDir() + "/cluster.env"
+	res := fw.RunBridge(t, "intercept", "-n", ns, "svc/echo", "--to", app.Addr, "--env-file", envFile,
+		"--", "sh", "-c", `echo "pod=$POD_NAME"; exit 4`)
+	pods := podNames(t, ns, "app=echo")
+	var pod string
+	for p := range pods {
+		pod = p
+	}
+	if res.ExitCode != 4 || !strings.Contains(res.Stdout, "pod="+pod) {
+		t.Fatalf("the command should see POD_NAME=%s and its exit code 4 pass through: exit %d, stdout %q", pod, res.ExitCode, res.Stdout)
+	}
+	b, err := os.ReadFile(envFile)
+	if err != nil || !strings.Contains(string(b), "POD_NAME="+pod) {
+		t.Fatalf("--env-file: %q, %v", b, err)
+	}
+	waitRestored(t, ns, "echo", before, 60*time.Second)
 }

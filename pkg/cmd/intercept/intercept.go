@@ -24,6 +24,7 @@ import (
 	"k8s.io/kubectl/pkg/util/templates"
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/completion"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/envfile"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/exitcode"
 	lib "github.com/kubectl-bridge/kubectl-bridge/pkg/intercept"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/match"
@@ -80,8 +81,10 @@ type Options struct {
 	IdleGrace        time.Duration
 	ServiceAccount   string
 	Timeout          time.Duration
+	EnvFile          string
 
 	service   string
+	env       []envfile.Var
 	command   []string
 	namespace string
 	client    kubernetes.Interface
@@ -136,6 +139,7 @@ func NewCmdIntercept(f cmdutil.Factory, streams genericiooptions.IOStreams) *cob
 	fl.DurationVar(&o.IdleGrace, "idle-grace", o.IdleGrace, "How long the agent waits after the last session died before it restores the Service.")
 	fl.StringVar(&o.ServiceAccount, "service-account", o.ServiceAccount, "Run the agent as this admin-installed ServiceAccount instead of creating one with its Role (see 'kubectl bridge doctor --print-rbac').")
 	fl.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait for the agent to become ready.")
+	fl.StringVar(&o.EnvFile, "env-file", o.EnvFile, "Write the intercepted workload's environment (ConfigMap/Secret references, envFrom and downward-API fields resolved) to this dotenv file; '-- COMMAND' gets it too.")
 	_ = cmd.RegisterFlagCompletionFunc("port", completion.ServicePorts(f))
 	return cmd
 }
@@ -309,6 +313,18 @@ func (o *Options) Run(ctx context.Context) error {
 	for _, w := range plan.Warnings() {
 		fmt.Fprintf(o.ErrOut, "Warning: %s\n", w)
 	}
+	// The workload's environment is read before anything is created: a missing Secret stops here.
+	if o.EnvFile != "" || len(o.command) > 0 {
+		if o.env, err = plan.WorkloadEnv(ctx); err != nil {
+			return err
+		}
+		if o.EnvFile != "" {
+			if err := envfile.Write(o.EnvFile, o.env); err != nil {
+				return fmt.Errorf("write --env-file: %w", err)
+			}
+			fmt.Fprintf(o.ErrOut, "Wrote %d variables of the workload's environment to %s.\n", len(o.env), o.EnvFile)
+		}
+	}
 	started := time.Now()
 	ic, err := plan.Start(ctx, o.ErrOut)
 	if err != nil {
@@ -389,6 +405,10 @@ func (o *Options) serve(ctx context.Context, ic *lib.Intercept, started time.Tim
 	}
 	cmd := exec.CommandContext(ctx, o.command[0], o.command[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.In, o.Out, o.ErrOut
+	cmd.Env = os.Environ()
+	for _, v := range o.env {
+		cmd.Env = append(cmd.Env, v.String())
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("run %s: %w", o.command[0], err)
 	}

@@ -130,7 +130,7 @@ func Vars(endpoints []Endpoint) []Var {
 // Format renders vars as a dotenv document, quoting values that a shell would otherwise split.
 func Format(vars []Var) string {
 	var b strings.Builder
-	b.WriteString("# Written by kubectl bridge forward; the ports are valid while it runs.\n")
+	b.WriteString("# Written by kubectl bridge; the values are those of the session that wrote it.\n")
 	for _, v := range vars {
 		fmt.Fprintf(&b, "%s=%s\n", v.Name, quote(v.Value))
 	}

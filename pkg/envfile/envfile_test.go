@@ -87,7 +87,7 @@ func TestWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "# Written by kubectl bridge forward; the ports are valid while it runs.\n" +
+	want := "# Written by kubectl bridge; the values are those of the session that wrote it.\n" +
 		"BRIDGE_DB_URL=tcp://127.0.0.1:5432\n" +
 		"ODD='a b'\\''c'\n"
 	if string(b) != want {

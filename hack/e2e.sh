@@ -8,4 +8,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ "${KEEP_CLUSTER:-0}" != 1 ]]; then
   trap 'hack/cluster-down.sh' EXIT
 fi
-go test -tags e2e -count=1 -timeout 50m -v ./test/e2e/... "$@"
+# One package, so that -v output streams as the tests run instead of arriving at the end.
+go test -tags e2e -count=1 -timeout 50m -v ./test/e2e/ "$@"

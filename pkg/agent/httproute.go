@@ -253,10 +253,37 @@ func (hp *httpPort) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = req.Clone(req.Context())
 		req.URL.Host = hp.port.Upstream
 	}
+	t := hp.upstream1
 	if rt.h2 {
-		return hp.upstream2.RoundTrip(req)
+		t = hp.upstream2
 	}
-	return hp.upstream1.RoundTrip(req)
+	resp, err := t.RoundTrip(req)
+	// During a rollout the shadow Service may hand a request to a pod that is going away (refused,
+	// or a pooled connection it closed). A request that got no answer and can be sent again is
+	// retried, on another connection that kube-proxy balances anew: unmatched traffic must not see
+	// a failure that the original pods would not have caused for a client reconnecting itself.
+	for attempt := 0; err != nil && attempt < 2 && replayable(req, err) && req.Context().Err() == nil; attempt++ {
+		hp.srv.log.Debug("retrying a request the original pods did not answer", "port", hp.port.Key(), "err", err)
+		resp, err = t.RoundTrip(req)
+	}
+	return resp, err
+}
+
+// replayable reports whether req may be sent again after err: it has no body to re-send, and
+// either nothing reached a server (the dial failed) or the method is idempotent.
+func replayable(req *http.Request, err error) bool {
+	if req.Body != nil && req.Body != http.NoBody {
+		return false
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
 }
 
 // toLaptop opens a tunnel stream to sess for one request exchange and runs it there: HTTP/1.1,

@@ -101,7 +101,7 @@ func (f *Framework) DeployEcho(t testing.TB, ns, name string, o EchoOptions) *Ec
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
 					Containers:                    []corev1.Container{c},
-					TerminationGracePeriodSeconds: ptr.To[int64](2),
+					TerminationGracePeriodSeconds: ptr.To[int64](5), // echo drains 2 s on SIGTERM
 				},
 			},
 		},

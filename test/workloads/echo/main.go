@@ -28,6 +28,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -81,12 +82,20 @@ func serve(args []string) error {
 	listen := fs.String("listen", ":8080", "address of the HTTP listener")
 	extra := fs.String("extra-listen", "", "optional second HTTP listener (for two-port Services)")
 	useTLS := fs.Bool("tls", false, "serve HTTPS (a self-signed certificate made at start) instead of plain HTTP/h2c")
+	drain := fs.Duration("drain", 2*time.Second, "on SIGTERM, keep serving this long (failing /healthz) before shutting down, as a well-behaved Kubernetes app does while endpoints converge")
 	_ = fs.Parse(args)
 
 	pod := podName()
 	upgrader := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	var draining atomic.Bool
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if draining.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
 	mux.HandleFunc("/bulk", func(w http.ResponseWriter, r *http.Request) {
 		n, _ := strconv.ParseInt(r.URL.Query().Get("bytes"), 10, 64)
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
@@ -162,6 +171,8 @@ func serve(args []string) error {
 		return err
 	case <-ctx.Done():
 	}
+	draining.Store(true)
+	time.Sleep(*drain)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, s := range servers {

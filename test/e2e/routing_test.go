@@ -287,7 +287,7 @@ func TestRoutingProtocols(t *testing.T) {
 }
 
 // agentMetric reads one sample of the agent's /metrics through the API server's pod proxy.
-func agentMetric(t *testing.T, ns, service, sample string) float64 {
+func agentMetric(t testing.TB, ns, service, sample string) float64 {
 	t.Helper()
 	ctx := context.Background()
 	pods, err := fw.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubectl-bridge.io/agent-for=" + service})

@@ -60,6 +60,8 @@ func main() {
 		err = serve(os.Args[2:])
 	case "get":
 		err = get(os.Args[2:])
+	case "hold":
+		err = hold(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
@@ -354,4 +356,43 @@ func selfSigned(name string) (tls.Certificate, error) {
 		return tls.Certificate{}, err
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// hold opens --conns keep-alive connections to URL, makes one request on each, keeps them all
+// open for --duration, and reports how many were established: load for measuring what many
+// concurrent connections cost a proxy.
+func hold(args []string) error {
+	fs := flag.NewFlagSet("hold", flag.ExitOnError)
+	conns := fs.Int("conns", 1000, "connections to hold")
+	duration := fs.Duration("duration", 10*time.Second, "how long to hold them")
+	_ = fs.Parse(args)
+	if fs.NArg() != 1 {
+		return errors.New("hold needs exactly one URL")
+	}
+	url := fs.Arg(0)
+	sum := Summary{Pods: map[string]int{}}
+	var open []*http.Client
+	start := time.Now()
+	for i := 0; i < *conns; i++ {
+		// One client per connection: each keeps its own idle connection open.
+		c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 10 * time.Second}
+		rep, _, err := once(c, http.MethodGet, url, nil, false)
+		if err != nil {
+			sum.Failed++
+			if len(sum.Errors) < 10 {
+				sum.Errors = append(sum.Errors, err.Error())
+			}
+			continue
+		}
+		sum.OK++
+		sum.Pods[rep.Pod]++
+		open = append(open, c)
+	}
+	fmt.Fprintf(os.Stderr, "holding %d connections\n", len(open))
+	time.Sleep(*duration)
+	for _, c := range open {
+		c.CloseIdleConnections()
+	}
+	sum.Elapsed = time.Since(start).String()
+	return json.NewEncoder(os.Stdout).Encode(sum)
 }

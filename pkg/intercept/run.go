@@ -50,6 +50,8 @@ func (i *Intercept) Run(ctx context.Context, rc RunConfig) error {
 	fwd := &tunnel.Forwarder{Target: tunnel.StaticTarget(p.cfg.LocalAddress), OnEvent: rc.OnStream}
 	client, err := tunnel.NewClient(tunnel.ClientConfig{
 		SessionID: i.sess.ID, Token: i.token, Version: p.cfg.Version, Handler: fwd, OnState: rc.OnState, Logger: rc.Logger,
+		// An agent pod is replaced in a couple of seconds: redial often enough to notice soon.
+		MaxBackoff: 2 * time.Second,
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			pod, err := i.readyPod(ctx)
 			if err != nil {

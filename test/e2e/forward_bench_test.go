@@ -239,7 +239,10 @@ func BenchmarkForwardLatency(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	kpf := kubectlPortForwardTB(b, ns, pod)
+	kpf, ok := kubectlBinaryPortForward(b, ns, pod)
+	if !ok {
+		b.Fatal("kubectl not on PATH: hack/bench.sh puts the pinned one there")
+	}
 	_, doc := startForward(b, ns, "svc/echo")
 	bridge := doc.url(b, "svc/echo", "")
 	direct := "http://" + net.JoinHostPort(p.Status.PodIP, "8080")

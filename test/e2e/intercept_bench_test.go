@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -61,7 +60,10 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	}
 	b.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
 
-	kpf := kubectlPortForwardTB(b, ns, pod)
+	kpf, ok := kubectlBinaryPortForward(b, ns, pod)
+	if !ok {
+		b.Fatal("kubectl not on PATH: hack/bench.sh puts the pinned one there")
+	}
 
 	start := time.Now()
 	ic := fw.StartBridge(b, "intercept", "-n", ns, "svc/echo", "--to", local)
@@ -171,36 +173,4 @@ func localLatency(b *testing.B, url string, newConn bool) {
 	ms := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
 	b.ReportMetric(ms(0.5), "p50-ms")
 	b.ReportMetric(ms(0.99), "p99-ms")
-}
-
-// kubectlPortForwardTB runs the real kubectl (the machine's, or the one built from the pinned
-// kubectl module) `port-forward pod/NAME :8080` and returns the local URL.
-func kubectlPortForwardTB(b *testing.B, ns, pod string) string {
-	kubectl, err := exec.LookPath("kubectl")
-	if err != nil {
-		b.Fatal("kubectl not on PATH: hack/bench.sh puts the pinned one there")
-	}
-	cmd := exec.Command(kubectl, "port-forward", "-n", ns, "pod/"+pod, ":8080")
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+fw.Kubeconfig)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	var line string
-	buf := make([]byte, 256)
-	nr, err := out.Read(buf)
-	if err != nil {
-		b.Fatal(err)
-	}
-	line = string(buf[:nr]) // "Forwarding from 127.0.0.1:PORT -> 8080"
-	var port int
-	if _, err := fmt.Sscanf(line, "Forwarding from 127.0.0.1:%d", &port); err != nil {
-		b.Fatalf("kubectl port-forward said %q", line)
-	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
-	return fmt.Sprintf("http://127.0.0.1:%d", port)
 }

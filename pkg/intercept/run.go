@@ -70,25 +70,49 @@ func (i *Intercept) Run(ctx context.Context, rc RunConfig) error {
 	return err
 }
 
+// Closed says what Close did.
+type Closed struct {
+	// Restored is set when this was the Service's last session and its selector was restored.
+	Restored bool
+	// SelectorRestored is how long it took from the start of Close until the Service selected the
+	// original pods again; AgentRemoved until the agent's objects were deleted too.
+	SelectorRestored, AgentRemoved time.Duration
+}
+
 // Close ends the session: its Lease is deleted and, when no other live session uses the Service's
-// agent, the Service is restored and the agent, its RBAC and the shadow Service are deleted. It
-// reports whether it restored the Service.
-func (i *Intercept) Close(ctx context.Context, out io.Writer) (bool, error) {
+// agent, the Service is restored first (the original pods serve new connections at once), then
+// the agent, its RBAC and the shadow Service are deleted.
+func (i *Intercept) Close(ctx context.Context, out io.Writer) (Closed, error) {
 	p := i.plan
+	start := time.Now()
 	if err := i.sess.Delete(ctx); err != nil {
-		return false, err
+		return Closed{}, err
 	}
-	inv, err := inventory.Collect(ctx, p.cfg.Client, p.cfg.Namespace)
+	infos, err := session.List(ctx, p.cfg.Client.CoordinationV1(), p.cfg.Namespace, session.KindIntercept)
 	if err != nil {
-		return false, err
+		return Closed{}, err
 	}
-	key := inventory.ServiceKey{Namespace: p.cfg.Namespace, Name: p.svc.Name}
-	if live := inv.LiveIntercepts(key, time.Now()); len(live) > 0 {
-		fmt.Fprintf(out, "The agent keeps serving %d other session(s) on service %s.\n", len(live), p.svc.Name)
-		return false, nil
+	now := time.Now()
+	live := 0
+	for _, s := range infos {
+		if inventory.InterceptService(s) == p.svc.Name && !s.Expired(now) {
+			live++
+		}
 	}
-	if err := cleanup.Execute(ctx, p.cfg.Client, cleanup.ServiceTeardown(key, nil), false, io.Discard); err != nil {
-		return false, fmt.Errorf("put service %s back: %w (run 'kubectl bridge clean svc/%s -n %s')", p.svc.Name, err, p.svc.Name, p.cfg.Namespace)
+	if live > 0 {
+		fmt.Fprintf(out, "The agent keeps serving %d other session(s) on service %s.\n", live, p.svc.Name)
+		return Closed{}, nil
 	}
-	return true, nil
+	acts := cleanup.ServiceTeardown(inventory.ServiceKey{Namespace: p.cfg.Namespace, Name: p.svc.Name}, nil)
+	undo := fmt.Sprintf("run 'kubectl bridge clean svc/%s -n %s'", p.svc.Name, p.cfg.Namespace)
+	// ServiceTeardown puts the restore first.
+	if err := cleanup.Execute(ctx, p.cfg.Client, acts[:1], false, io.Discard); err != nil {
+		return Closed{}, fmt.Errorf("restore service %s: %w (%s)", p.svc.Name, err, undo)
+	}
+	res := Closed{Restored: true, SelectorRestored: time.Since(start)}
+	if err := cleanup.Execute(ctx, p.cfg.Client, acts[1:], false, io.Discard); err != nil {
+		return res, fmt.Errorf("remove the agent of service %s: %w (%s)", p.svc.Name, err, undo)
+	}
+	res.AgentRemoved = time.Since(start)
+	return res, nil
 }

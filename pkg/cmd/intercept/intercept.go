@@ -349,13 +349,13 @@ func (o *Options) Run(ctx context.Context) error {
 
 	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	closeStart := time.Now()
-	restored, err := ic.Close(cctx, o.ErrOut)
-	switch {
-	case err != nil:
+	closed, err := ic.Close(cctx, o.ErrOut)
+	if closed.Restored {
+		fmt.Fprintf(o.ErrOut, "Service %s restored in %d ms (agent removed in %d ms).\n", o.service,
+			closed.SelectorRestored.Milliseconds(), closed.AgentRemoved.Milliseconds())
+	}
+	if err != nil {
 		runErr = errors.Join(runErr, err)
-	case restored:
-		fmt.Fprintf(o.ErrOut, "Service %s restored in %d ms.\n", o.service, time.Since(closeStart).Milliseconds())
 	}
 	return runErr
 }

@@ -337,6 +337,9 @@ type sessionAuth struct {
 	mux     *yamux.Session
 	session *Session
 	spec    *SessionSpec
+	// authenticated is set once the token matched: only then is a refusal the session's own
+	// (admission), not a stranger's attempt that must not affect the real session.
+	authenticated bool
 }
 
 func (a *sessionAuth) Authenticate(ctx context.Context, id, token string) error {
@@ -352,6 +355,7 @@ func (a *sessionAuth) Authenticate(ctx context.Context, id, token string) error 
 	if !tunnel.VerifyToken(spec.TokenHash, token) {
 		return tunnel.Refuse("invalid token for session " + id)
 	}
+	a.authenticated = true
 	rules, err := match.Compile(spec.Match)
 	if err != nil {
 		return tunnel.Refuse(fmt.Sprintf("session %s: invalid match rules: %v", id, err))
@@ -387,7 +391,7 @@ func (s *Server) serveTunnel(conn net.Conn) {
 	if err != nil {
 		_ = mux.Close()
 		var refused *tunnel.RefusedError
-		ev := SessionEvent{Kind: SessionRefused, Spec: auth.spec, Reason: err.Error()}
+		ev := SessionEvent{Kind: SessionRefused, Spec: auth.spec, Reason: err.Error(), Authenticated: auth.authenticated}
 		if hello != nil {
 			ev.SessionID = hello.SessionID
 		}

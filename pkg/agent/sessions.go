@@ -227,6 +227,10 @@ type SessionEvent struct {
 	Reason string
 	// Retryable is set on refusals that may clear by themselves (the Lease not seen yet).
 	Retryable bool
+	// Authenticated is set on refusals of a client that proved the session's token: an
+	// admission decision about the session. Refusals of unauthenticated attempts say nothing
+	// about the real session and must not be recorded against it.
+	Authenticated bool
 }
 
 // registry holds the live sessions.

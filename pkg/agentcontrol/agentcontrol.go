@@ -217,7 +217,9 @@ func (c *Controller) OnSessionEvent(ev agent.SessionEvent) {
 	switch {
 	case ev.Kind == agent.SessionAttached:
 		st = session.Status{Phase: session.PhaseActive}
-	case ev.Kind == agent.SessionRefused && !ev.Retryable:
+	case ev.Kind == agent.SessionRefused && !ev.Retryable && ev.Authenticated:
+		// Only the token holder's refusal is the session's: a forged attach with its id must not
+		// mark the real session rejected (which would evict it).
 		st = session.Status{Phase: session.PhaseRejected, Reason: "Refused", Message: ev.Reason}
 	default:
 		return

@@ -163,3 +163,15 @@ func waitCache(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestOnlyAuthenticatedRefusalsAreRecorded(t *testing.T) {
+	ctl := New(Config{Client: fake.NewClientset(), Namespace: "dev", Service: "api"})
+	ctl.OnSessionEvent(agent.SessionEvent{Kind: agent.SessionRefused, SessionID: "live0001", Reason: "invalid token"})
+	if n := len(ctl.statuses); n != 0 {
+		t.Fatalf("a forged attach queued %d status writes against the real session", n)
+	}
+	ctl.OnSessionEvent(agent.SessionEvent{Kind: agent.SessionRefused, SessionID: "live0001", Reason: "rule conflict", Authenticated: true})
+	if u := <-ctl.statuses; u.status.Phase != session.PhaseRejected || u.status.Message != "rule conflict" {
+		t.Fatalf("admission refusal recorded as %+v", u.status)
+	}
+}

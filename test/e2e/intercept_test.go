@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -22,6 +23,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
 	"github.com/kubectl-bridge/kubectl-bridge/test/e2e/framework"
 )
 
@@ -501,4 +504,51 @@ func TestInterceptWorkloadEnv(t *testing.T) {
 		t.Fatalf("--env-file: %q, %v", b, err)
 	}
 	waitRestored(t, ns, "echo", before, 60*time.Second)
+}
+
+// TestInterceptForgedAttach: a tunnel attach with a live session's id but not its token is
+// refused by the agent, and the real session keeps its traffic.
+func TestInterceptForgedAttach(t *testing.T) {
+	ns := fw.Namespace(t, nil)
+	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
+	client := fw.ClientPod(t, ns)
+	app := startLocalApp(t)
+	startIntercept(t, ns, "svc/echo", "--to", app.Addr)
+	waitLaptop(t, client, echo)
+	ctx := context.Background()
+
+	leases, err := fw.Client.CoordinationV1().Leases(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubectl-bridge.io/kind=intercept"})
+	if err != nil || len(leases.Items) != 1 {
+		t.Fatalf("session leases: %v %v", leases, err)
+	}
+	id := leases.Items[0].Labels["kubectl-bridge.io/session"]
+	pods, err := fw.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubectl-bridge.io/agent-for=echo"})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("agent pods: %v %v", pods, err)
+	}
+	pool := portforward.NewPool(portforward.NewRESTDialer(fw.Config, fw.Client.CoreV1().RESTClient(), true), portforward.Options{})
+	defer pool.Close()
+	forged, err := tunnel.NewClient(tunnel.ClientConfig{
+		SessionID: id, Token: strings.Repeat("0", 64),
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			return pool.Dial(ctx, portforward.PodRef{Namespace: ns, Name: pods.Items[0].Name}, 7070)
+		},
+		Handler: tunnel.StreamHandlerFunc(func(_ context.Context, _ *tunnel.Header, s net.Conn) {
+			t.Error("the agent sent a stream to a forged session")
+			s.Close()
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var refused *tunnel.RefusedError
+	if err := forged.Run(runCtx); !errors.As(err, &refused) || refused.Retryable {
+		t.Fatalf("forged attach: want a permanent refusal, got %v", err)
+	}
+	t.Logf("forged attach refused: %s", refused.Reason)
+	if s := client.Get(t, echo.URL("/still-mine"), "--count", "3", "--new-conn"); fromLaptop(s) != 3 {
+		t.Fatalf("after the forged attach the real session lost its traffic: %v %v", s.Pods, s.Errors)
+	}
 }

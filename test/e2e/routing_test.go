@@ -316,3 +316,28 @@ func freeLocalAddr(t *testing.T) string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+// TestRoutingRefusals: rules on a wholly stolen port and rules on a port that does not carry HTTP
+// are refused before anything changes, with a message saying why.
+func TestRoutingRefusals(t *testing.T) {
+	ns := fw.Namespace(t, nil)
+	fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
+	fw.DeployEcho(t, ns, "raw", framework.EchoOptions{AppProtocol: "tcp"})
+	before := map[string]serviceState{"echo": snapshot(t, ns, "echo"), "raw": snapshot(t, ns, "raw")}
+
+	res := fw.RunBridge(t, "intercept", "-n", ns, "svc/raw", "--to", "127.0.0.1:1", "--header", "x-owner=me")
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "does not carry HTTP") {
+		t.Fatalf("rule on a tcp port: exit %d, stderr:\n%s", res.ExitCode, res.Stderr)
+	}
+	waitRestored(t, ns, "raw", before["raw"], 30*time.Second)
+
+	app := startLocalApp(t)
+	p := startIntercept(t, ns, "svc/echo", "--to", app.Addr)
+	res = fw.RunBridge(t, "intercept", "-n", ns, "svc/echo", "--to", "127.0.0.1:1", "--header", "x-owner=me")
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "is wholly stolen by") {
+		t.Fatalf("rule on a wholly stolen port: exit %d, stderr:\n%s", res.ExitCode, res.Stderr)
+	}
+	p.Signal(syscall.SIGINT)
+	p.Wait(30 * time.Second)
+	waitRestored(t, ns, "echo", before["echo"], 60*time.Second)
+}

@@ -217,6 +217,12 @@ func (hp *httpPort) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		outcome = requestError
 	}
 	s.metrics.requests.WithLabelValues(hp.port.Key(), sessID, outcome).Inc()
+	if rt.steal != nil {
+		rt.steal.requests.Add(1)
+	}
+	for _, m := range mirrors {
+		m.requests.Add(1)
+	}
 	if tee != nil {
 		hp.mirror(rt, r, tee, mirrors)
 	}

@@ -249,6 +249,15 @@ func (s *Server) Sessions() []SessionSpec {
 	return out
 }
 
+// SessionRequests returns, per attached session id, the requests routed to it so far.
+func (s *Server) SessionRequests() map[string]int64 {
+	out := map[string]int64{}
+	for _, sess := range s.reg.all() {
+		out[sess.Spec.ID] = sess.Requests()
+	}
+	return out
+}
+
 // Evict detaches session id, e.g. because its Lease expired or was deleted. It reports whether the
 // session was attached.
 func (s *Server) Evict(id, reason string) bool {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -176,7 +177,12 @@ type Session struct {
 	mux    *yamux.Session
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	// requests counts the requests routed to the session (stolen or mirrored copies), for `list`.
+	requests atomic.Int64
 }
+
+// Requests is how many requests have been routed to the session since it attached.
+func (s *Session) Requests() int64 { return s.requests.Load() }
 
 // Rules returns the session's compiled match rules (empty for a whole-port intercept).
 func (s *Session) Rules() *match.Set { return s.rules }

@@ -62,6 +62,7 @@ type Config struct {
 type Evicter interface {
 	Sessions() []agent.SessionSpec
 	Evict(id, reason string) bool
+	SessionRequests() map[string]int64
 }
 
 // Controller follows the Service and its session Leases.
@@ -80,6 +81,9 @@ type Controller struct {
 	mu        sync.Mutex
 	idleSince time.Time
 	podReady  bool
+	// reported are the request counts last written to each session's Lease, and when.
+	reported     map[string]int64
+	reportedTime time.Time
 }
 
 type statusUpdate struct {
@@ -285,6 +289,7 @@ func (c *Controller) check(ctx context.Context, srv Evicter) (Outcome, bool, err
 			}
 		}
 	}
+	c.reportRequests(srv, now)
 
 	svc, err := c.services.Services(c.cfg.Namespace).Get(c.cfg.Service)
 	if apierrors.IsNotFound(err) {
@@ -327,6 +332,29 @@ func (c *Controller) check(ctx context.Context, srv Evicter) (Outcome, bool, err
 		}
 	}
 	return "", false, nil
+}
+
+// reportRequests writes each attached session's request count onto its Lease (for `list`), at
+// most every 5 s and only when it changed: a status patch per session, off the data path.
+func (c *Controller) reportRequests(srv Evicter, now time.Time) {
+	if now.Sub(c.reportedTime) < 5*time.Second {
+		return
+	}
+	c.reportedTime = now
+	if c.reported == nil {
+		c.reported = map[string]int64{}
+	}
+	for id, n := range srv.SessionRequests() {
+		if n == c.reported[id] {
+			continue
+		}
+		c.reported[id] = n
+		st := session.Status{Phase: session.PhaseActive, Agent: c.cfg.PodName, ObservedTime: now, Requests: n}
+		select {
+		case c.statuses <- statusUpdate{id, st}:
+		default:
+		}
+	}
 }
 
 // ready reports whether the kubelet considers the agent pod Ready: only then do its EndpointSlice

@@ -28,7 +28,9 @@ type fakeServer struct {
 	evicted  []string
 }
 
-func (f *fakeServer) Sessions() []agent.SessionSpec { return f.sessions }
+func (f *fakeServer) Sessions() []agent.SessionSpec     { return f.sessions }
+func (f *fakeServer) SessionRequests() map[string]int64 { return nil }
+
 func (f *fakeServer) Evict(id, _ string) bool {
 	f.evicted = append(f.evicted, id)
 	return true

@@ -122,6 +122,9 @@ type Status struct {
 	Agent string `json:"agent,omitempty"`
 	// ObservedTime is when the agent wrote the status.
 	ObservedTime time.Time `json:"observedTime"`
+	// Requests is how many HTTP requests the agent has routed to the session (request rules
+	// only; whole-port intercepts count connections in the agent's metrics instead).
+	Requests int64 `json:"requests,omitempty"`
 }
 
 // ErrUnsupportedVersion is returned when a document was written by a newer kubectl-bridge.

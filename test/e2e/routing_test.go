@@ -92,8 +92,15 @@ func TestHeaderRouting(t *testing.T) {
 	}
 
 	list := fw.RunBridge(t, "list", "-n", ns, "-o", "wide")
-	if strings.Count(list.Stdout, "X-Owner=dev") != 5 {
-		t.Fatalf("list -o wide should show the five rules:\n%s", list.Stdout)
+	if strings.Count(list.Stdout, "X-Owner=dev") != 5 || !strings.Contains(list.Stdout, "REQUESTS") {
+		t.Fatalf("list -o wide should show the five rules and a request count:\n%s", list.Stdout)
+	}
+	// dev1 received exactly its 6 requests: the agent reports the count onto its Lease (every 5 s).
+	err := framework.Poll(context.Background(), 20*time.Second, func(context.Context) (bool, error) {
+		return requestsOf(t, ns, "dev1") == 6, nil
+	})
+	if err != nil {
+		t.Fatalf("list -o json: dev1's session shows %d requests, want 6", requestsOf(t, ns, "dev1"))
 	}
 
 	// An identical rule is refused by the agent's admission, naming who holds it; nothing changes.
@@ -119,6 +126,35 @@ func TestHeaderRouting(t *testing.T) {
 		}
 	}
 	waitRestored(t, ns, "echo", before, 60*time.Second)
+}
+
+// requestsOf reads, from `list -o json`, the request count of the session whose rule names value.
+func requestsOf(t *testing.T, ns, value string) int64 {
+	t.Helper()
+	res := fw.RunBridge(t, "list", "-n", ns, "-o", "json")
+	var list struct {
+		Items []struct {
+			Spec struct {
+				Intercept struct {
+					Match []struct{ Value string }
+				}
+			}
+			Status struct {
+				Admission struct{ Requests int64 }
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(res.Stdout), &list); err != nil {
+		t.Fatalf("list -o json: %v\n%s", err, res.Stdout)
+	}
+	for _, it := range list.Items {
+		for _, m := range it.Spec.Intercept.Match {
+			if m.Value == value {
+				return it.Status.Admission.Requests
+			}
+		}
+	}
+	return -1
 }
 
 func TestRuleKinds(t *testing.T) {

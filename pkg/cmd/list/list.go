@@ -159,7 +159,7 @@ func (o *Options) Run(ctx context.Context) error {
 // Row is one line of `list`: a session or an orphan.
 type Row struct {
 	Namespace, Name, Kind, Target, Mode, User, Host, State string
-	Rules, Local                                           string
+	Rules, Local, Requests                                 string
 	Created, Renewed                                       time.Time
 	// Object is what -o json|yaml prints for the row.
 	Object map[string]any
@@ -172,7 +172,10 @@ func Rows(inv *inventory.Inventory, now time.Time) []Row {
 		r := Row{
 			Namespace: s.Lease.Namespace, Name: s.ID, Kind: string(s.Kind),
 			User: s.Spec.User, Host: s.Spec.Host, Created: s.Lease.CreationTimestamp.Time, Renewed: s.RenewTime,
-			Mode: "-", Target: "-", Rules: "-", Local: "-",
+			Mode: "-", Target: "-", Rules: "-", Local: "-", Requests: "-",
+		}
+		if s.Status != nil && s.Status.Requests > 0 {
+			r.Requests = fmt.Sprint(s.Status.Requests)
 		}
 		if !s.Spec.StartTime.IsZero() {
 			r.Created = s.Spec.StartTime
@@ -216,7 +219,7 @@ func Rows(inv *inventory.Inventory, now time.Time) []Row {
 	for _, o := range orphans {
 		r := Row{
 			Namespace: o.Service.Namespace, Name: "-", Kind: "orphan", Target: orphanTarget(o), Mode: "-",
-			User: "-", Host: "-", State: o.Reason, Rules: "-", Local: "-", Created: o.Created,
+			User: "-", Host: "-", State: o.Reason, Rules: "-", Local: "-", Requests: "-", Created: o.Created,
 		}
 		r.Object = object(KindOrphan, o.Service.Namespace, orphanTarget(o), o.Created,
 			map[string]any{"service": o.Service.Name, "kind": o.Kind, "name": o.Name},
@@ -271,6 +274,7 @@ func Table(rows []Row, now time.Time, wide bool) *metav1.Table {
 		{Name: "Age", Type: "string"},
 		{Name: "State", Type: "string"},
 		{Name: "Rules", Type: "string", Priority: 1},
+		{Name: "Requests", Type: "string", Priority: 1},
 		{Name: "Local", Type: "string", Priority: 1},
 		{Name: "Renewed", Type: "string", Priority: 1},
 	}}
@@ -284,7 +288,7 @@ func Table(rows []Row, now time.Time, wide bool) *metav1.Table {
 		u.SetName(r.Name)
 		t.Rows = append(t.Rows, metav1.TableRow{
 			Cells: []any{r.Name, r.Kind, r.Target, r.Mode, orDash(r.User), orDash(r.Host),
-				duration.HumanDuration(now.Sub(r.Created)), r.State, r.Rules, r.Local, renewed},
+				duration.HumanDuration(now.Sub(r.Created)), r.State, r.Rules, r.Requests, r.Local, renewed},
 			Object: runtime.RawExtension{Object: u},
 		})
 	}

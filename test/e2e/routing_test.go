@@ -280,6 +280,15 @@ func TestRoutingProtocols(t *testing.T) {
 		t.Fatalf("h2c streams on one connection: %d ok, %d to the laptop, %d to the cluster: %v %v", s.OK, fromApp(s, "h2"), fromCluster(s), s.Pods, s.Errors)
 	}
 
+	// gRPC (h2c) routed per call by its metadata: the local echo app serves gRPC health too.
+	grpcAddr := fmt.Sprintf("echo.%s.svc.cluster.local:80", ns)
+	if s := client.Grpc(t, grpcAddr, "--count", "4", "-H", "x-owner=ws"); s.OK != 4 || s.Pods["laptop-ws"] != 4 {
+		t.Fatalf("matching gRPC calls: %v %v", s.Pods, s.Errors)
+	}
+	if s := client.Grpc(t, grpcAddr, "--count", "4", "-H", "x-owner=nobody"); s.OK != 4 || fromCluster(s) != 4 {
+		t.Fatalf("unmatched gRPC calls: %v %v", s.Pods, s.Errors)
+	}
+
 	wsURL := fmt.Sprintf("ws://echo.%s.svc.cluster.local/ws", ns)
 	if s := client.Get(t, wsURL, "--ws", "--count", "3", "-H", "x-owner=ws"); s.Pods["laptop-ws"] != 3 {
 		t.Fatalf("matching WebSockets: %v %v", s.Pods, s.Errors)
@@ -343,7 +352,7 @@ func agentMetric(t testing.TB, ns, service, sample string) float64 {
 	return 0
 }
 
-func freeLocalAddr(t *testing.T) string {
+func freeLocalAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

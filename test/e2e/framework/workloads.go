@@ -244,6 +244,22 @@ func (c *Client) Get(t testing.TB, url string, args ...string) Summary {
 	return s
 }
 
+// Grpc runs `echo grpc [args...] addr` in the client pod: gRPC health checks over h2c, reporting
+// which pod answered each.
+func (c *Client) Grpc(t testing.TB, addr string, args ...string) Summary {
+	t.Helper()
+	cmd := append(append([]string{"/echo", "grpc"}, args...), addr)
+	stdout, stderr, err := c.f.Exec(context.Background(), c.ns, c.pod, cmd)
+	if err != nil {
+		t.Fatalf("in-cluster gRPC %v: %v\nstderr: %s", cmd, err, stderr)
+	}
+	var s Summary
+	if err := json.Unmarshal([]byte(stdout), &s); err != nil {
+		t.Fatalf("in-cluster gRPC %v: bad output %q: %v", cmd, stdout, err)
+	}
+	return s
+}
+
 // Exec runs a command in the first container of a pod through the API server and kubelet, the way
 // kubectl exec does (WebSocket, falling back to SPDY).
 func (f *Framework) Exec(ctx context.Context, ns, pod string, command []string) (string, string, error) {

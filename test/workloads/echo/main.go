@@ -35,6 +35,11 @@ import (
 	"github.com/gorilla/websocket"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/h2c"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 )
 
 // Reply is what the server answers to every request except /bulk and /ws.
@@ -62,6 +67,8 @@ func main() {
 		err = get(os.Args[2:])
 	case "hold":
 		err = hold(os.Args[2:])
+	case "grpc":
+		err = grpcGet(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
@@ -138,8 +145,19 @@ func serve(args []string) error {
 			Host: r.Host, Headers: r.Header, Body: string(body),
 		})
 	})
+	// gRPC (the standard health service) on the same port, over h2c: every call names its pod in
+	// the x-served-by response header.
+	grpcSrv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		_ = grpc.SetHeader(ctx, metadata.Pairs("x-served-by", pod))
+		return h(ctx, req)
+	}))
+	healthpb.RegisterHealthServer(grpcSrv, health.NewServer())
 	// Every answer names its pod, bulk downloads included.
 	servedBy := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			grpcSrv.ServeHTTP(w, r)
+			return
+		}
 		w.Header().Set("X-Served-By", pod)
 		mux.ServeHTTP(w, r)
 	})
@@ -394,5 +412,44 @@ func hold(args []string) error {
 		c.CloseIdleConnections()
 	}
 	sum.Elapsed = time.Since(start).String()
+	return json.NewEncoder(os.Stdout).Encode(sum)
+}
+
+// grpcGet makes --count gRPC health checks to ADDR (host:port, h2c) with -H metadata and reports
+// which pod answered each (its x-served-by header).
+func grpcGet(args []string) error {
+	fs := flag.NewFlagSet("grpc", flag.ExitOnError)
+	count := fs.Int("count", 1, "number of calls, on one connection")
+	var headers headerFlags
+	fs.Var(&headers, "H", "request metadata Name=Value (repeatable)")
+	_ = fs.Parse(args)
+	if fs.NArg() != 1 {
+		return errors.New("grpc needs exactly one HOST:PORT")
+	}
+	conn, err := grpc.NewClient(fs.Arg(0), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := healthpb.NewHealthClient(conn)
+	md := metadata.MD{}
+	for _, h := range headers {
+		k, v, _ := strings.Cut(h, "=")
+		md.Append(k, v)
+	}
+	sum := Summary{Pods: map[string]int{}}
+	for i := 0; i < *count; i++ {
+		ctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(context.Background(), md), 5*time.Second)
+		var header metadata.MD
+		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Header(&header))
+		cancel()
+		if err != nil {
+			sum.Failed++
+			sum.Errors = append(sum.Errors, err.Error())
+			continue
+		}
+		sum.OK++
+		sum.Pods[strings.Join(header.Get("x-served-by"), ",")]++
+	}
 	return json.NewEncoder(os.Stdout).Encode(sum)
 }

@@ -398,7 +398,6 @@ func (s *Server) serveTunnel(conn net.Conn) {
 	auth := &sessionAuth{srv: s, mux: mux}
 	ctrl, hello, err := tunnel.ServerHandshake(s.handshakes, mux, auth, s.cfg.Version, s.cfg.HandshakeTimeout)
 	if err != nil {
-		_ = mux.Close()
 		var refused *tunnel.RefusedError
 		ev := SessionEvent{Kind: SessionRefused, Spec: auth.spec, Reason: err.Error(), Authenticated: auth.authenticated}
 		if hello != nil {
@@ -419,6 +418,13 @@ func (s *Server) serveTunnel(conn net.Conn) {
 		} else if hello != nil {
 			s.emit(ev)
 		}
+		// yamux's Close drops frames still queued: let the CLI read the refusal (it closes the
+		// session itself once it has) before closing, or it would see a bare "session shutdown".
+		select {
+		case <-mux.CloseChan():
+		case <-time.After(time.Second):
+		}
+		_ = mux.Close()
 		return
 	}
 	sess := auth.session

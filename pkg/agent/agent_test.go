@@ -20,59 +20,25 @@ import (
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/agent"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel/tunneltest"
 )
 
 // lineServer answers every line it reads with "<name>:<line>"; it stands for the original pods
 // (upstream) or the developer's app (laptop), so a test can tell who served a connection.
 func lineServer(t testing.TB, name string) net.Listener {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	return tunneltest.Serve(t, func(c net.Conn) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			if _, err := fmt.Fprintf(c, "%s:%s\n", name, sc.Text()); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					if _, err := fmt.Fprintf(c, "%s:%s\n", name, sc.Text()); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	return ln
+	})
 }
 
 // echoServer copies back whatever it reads.
-func echoServer(t testing.TB) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln
-}
+func echoServer(t testing.TB) net.Listener { return tunneltest.Echo(t) }
 
 func loopbackListen(network, _ string) (net.Listener, error) {
 	return net.Listen(network, "127.0.0.1:0")

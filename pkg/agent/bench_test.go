@@ -9,29 +9,15 @@ import (
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/agent"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel/tunneltest"
 )
 
 // sinkServer reads until EOF and then answers with the byte count: a throughput target.
 func sinkServer(b testing.TB) net.Listener {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				_, _ = fmt.Fprintf(c, "%d\n", n)
-			}()
-		}
-	}()
-	return ln
+	return tunneltest.Serve(b, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		_, _ = fmt.Fprintf(c, "%d\n", n)
+	})
 }
 
 // benchPaths returns, per path name, the address a client dials to reach target:

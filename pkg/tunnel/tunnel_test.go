@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel/tunneltest"
 	"io"
 	"net"
 	"sync"
@@ -56,27 +57,7 @@ func (a *pipeAgent) dial(ctx context.Context) (net.Conn, error) {
 	return cli, nil
 }
 
-func echoServer(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln
-}
+func echoServer(t *testing.T) net.Listener { return tunneltest.Echo(t) }
 
 func startClient(t *testing.T, cfg ClientConfig) (errc chan error, states chan StateChange, cancel context.CancelFunc) {
 	t.Helper()

@@ -1,0 +1,39 @@
+// Package tunneltest holds the loopback TCP servers that the tunnel and agent tests use to stand
+// for the original pods and the developer's app.
+package tunneltest
+
+import (
+	"io"
+	"net"
+	"testing"
+)
+
+// Serve listens on a loopback port and runs handle on every accepted connection (closing it
+// afterwards) until the test ends.
+func Serve(t testing.TB, handle func(net.Conn)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln
+}
+
+// Echo copies back whatever it reads.
+func Echo(t testing.TB) net.Listener {
+	t.Helper()
+	return Serve(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel/tunneltest"
 	"io"
 	"net"
 	"sync"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel/tunneltest"
 )
 
 // staticAuth knows one session.

@@ -463,8 +463,11 @@ func (s *Server) serveTunnel(conn net.Conn) {
 
 // detach unregisters sess and closes its tunnel; it reports whether sess was still attached.
 func (s *Server) detach(sess *Session, cause error) bool {
+	// Unregister before closing: closing wakes serveTunnel, which detaches too, and only the first
+	// caller may report the session as detached (Evict's answer depends on it).
+	removed := s.reg.remove(sess)
 	sess.close(cause)
-	if !s.reg.remove(sess) {
+	if !removed {
 		return false
 	}
 	s.metrics.sessions.Set(float64(s.reg.len()))

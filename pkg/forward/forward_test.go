@@ -136,6 +136,24 @@ func (e *env) waitState(t *testing.T, want State) Event {
 	}
 }
 
+// waitReadyCount waits until the forwarder has seen n ready pods: the EndpointSlice informer
+// delivers an update some time after the write.
+func waitReadyCount(t *testing.T, f *Forwarder, n int) {
+	t.Helper()
+	target := f.Mappings()[0].Target
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, ready := f.State(target); ready == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			_, ready := f.State(target)
+			t.Fatalf("forwarder sees %d ready pods, want %d", ready, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // ask opens a connection, sends one line and returns the pod name that answered.
 func ask(t *testing.T, addr string) (string, net.Conn) {
 	t.Helper()
@@ -184,6 +202,7 @@ func TestForwarderSpreadsAndSurvivesPodChanges(t *testing.T) {
 
 	// web-1 goes away: its connections close, the listener stays, new connections go to web-2.
 	e.setEndpoints(t, map[string]bool{"web-2": true})
+	waitReadyCount(t, f, 1)
 	for _, c := range open {
 		r := bufio.NewReader(c)
 		fmt.Fprintf(c, "again\n")

@@ -389,7 +389,7 @@ func (a *sessionAuth) Authenticate(ctx context.Context, id, token string) error 
 // the connection dies, and detaches the session.
 func (s *Server) serveTunnel(conn net.Conn) {
 	log := s.log.With("tunnel", conn.RemoteAddr().String())
-	mux, err := yamux.Server(conn, tunnel.YamuxConfig(s.log))
+	mux, err := tunnel.ServerSession(conn, s.log)
 	if err != nil {
 		_ = conn.Close()
 		log.Error("start tunnel session", "err", err)

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/rest"
 	// Exec, OIDC and cloud auth providers referenced from kubeconfigs.
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
 	cliflag "k8s.io/component-base/cli/flag"
@@ -66,9 +67,21 @@ var (
 		kubectl bridge clean --all`)
 )
 
+// raiseClientLimits lifts client-go's default client-side rate limit (5 requests/s, bursts of
+// 10), which suits a one-shot kubectl command: starting an intercept makes ~20 requests back to
+// back (permission checks, Lease, agent objects, the switch) and the limiter alone stretched that
+// by most of a second. The API server's priority and fairness remains the real protection.
+func raiseClientLimits(c *rest.Config) *rest.Config {
+	if c.QPS == 0 && c.Burst == 0 {
+		c.QPS, c.Burst = 50, 100
+	}
+	return c
+}
+
 // NewCmdBridge returns the root `kubectl bridge` command.
 func NewCmdBridge(streams genericiooptions.IOStreams) *cobra.Command {
-	configFlags := genericclioptions.NewConfigFlags(true).WithDeprecatedPasswordFlag().WithDiscoveryBurst(300).WithDiscoveryQPS(50.0)
+	configFlags := genericclioptions.NewConfigFlags(true).WithDeprecatedPasswordFlag().
+		WithDiscoveryBurst(300).WithDiscoveryQPS(50.0).WithWrapConfigFn(raiseClientLimits)
 	root := &cobra.Command{
 		Use:     "bridge",
 		Short:   "Work on one service of a shared cluster from your laptop",

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -202,6 +203,9 @@ func (p *Plan) interceptPermissions() []authorizationv1.ResourceAttributes {
 		{Verb: "create", Group: "batch", Resource: "jobs"},
 		{Verb: "delete", Group: "batch", Resource: "jobs"},
 		{Verb: "create", Resource: "pods", Subresource: "portforward"},
+		// The CLI watches the agent's pods and the Service's EndpointSlices while it starts.
+		{Verb: "watch", Resource: "pods"},
+		{Verb: "watch", Group: "discovery.k8s.io", Resource: "endpointslices"},
 	}
 	if p.cfg.ServiceAccount == "" {
 		attrs = append(attrs,
@@ -217,14 +221,28 @@ func (p *Plan) interceptPermissions() []authorizationv1.ResourceAttributes {
 }
 
 func (p *Plan) checkPermissions(ctx context.Context) error {
+	// One review per permission, all at once: on a remote cluster a dozen sequential round trips
+	// would be most of the start-up time.
+	attrs := p.interceptPermissions()
+	allowed := make([]bool, len(attrs))
+	g, gctx := errgroup.WithContext(ctx)
+	for i := range attrs {
+		g.Go(func() error {
+			r, err := p.cfg.Client.AuthorizationV1().SelfSubjectAccessReviews().Create(gctx,
+				&authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &attrs[i]}}, metav1.CreateOptions{})
+			if err != nil {
+				return fmt.Errorf("check permissions: %w; run 'kubectl bridge doctor'", err)
+			}
+			allowed[i] = r.Status.Allowed
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
 	var missing []string
-	for _, a := range p.interceptPermissions() {
-		r, err := p.cfg.Client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
-			&authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &a}}, metav1.CreateOptions{})
-		if err != nil {
-			return fmt.Errorf("check permissions: %w; run 'kubectl bridge doctor'", err)
-		}
-		if !r.Status.Allowed {
+	for i, a := range attrs {
+		if !allowed[i] {
 			res := a.Resource
 			if a.Group != "" {
 				res += "." + a.Group

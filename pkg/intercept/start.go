@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 
@@ -15,8 +16,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/cleanup"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/inventory"
@@ -168,45 +173,75 @@ func finished(job *batchv1.Job) bool {
 
 // waitEndpoints waits until the Service's EndpointSlices list only ready agent pods: from then on
 // kube-proxy routes new connections to the agent (after its own sync, typically well under a
-// second), so "intercepting" is not announced while traffic still goes to the original pods.
+// second), so "intercepting" is not announced while traffic still goes to the original pods. It
+// watches rather than polls: each poll interval would add to the time to the first request.
 func (i *Intercept) waitEndpoints(ctx context.Context) error {
 	p := i.plan
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		pods, err := i.agentPods(ctx)
-		if err != nil {
-			return false, err
-		}
-		agentIPs := map[string]bool{}
-		for k := range pods {
-			if podReady(&pods[k]) {
-				agentIPs[pods[k].Status.PodIP] = true
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	slices := p.cfg.Client.DiscoveryV1().EndpointSlices(p.cfg.Namespace)
+	sel := discoveryv1.LabelServiceName + "=" + p.svc.Name
+	current := map[string]*discoveryv1.EndpointSlice{}
+	_, err := watchtools.UntilWithSync(ctx, listWatch(sel, slices.List, slices.Watch), &discoveryv1.EndpointSlice{}, nil,
+		func(ev watch.Event) (bool, error) {
+			sl, ok := ev.Object.(*discoveryv1.EndpointSlice)
+			if !ok {
+				return false, nil
 			}
-		}
-		slices, err := p.cfg.Client.DiscoveryV1().EndpointSlices(p.cfg.Namespace).List(ctx, metav1.ListOptions{
-			LabelSelector: discoveryv1.LabelServiceName + "=" + p.svc.Name})
-		if err != nil {
-			return false, err
-		}
-		ready := 0
-		for _, sl := range slices.Items {
-			for _, ep := range sl.Endpoints {
-				if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
-					continue
-				}
-				for _, a := range ep.Addresses {
-					if !agentIPs[a] {
-						return false, nil
+			if ev.Type == watch.Deleted {
+				delete(current, sl.Name)
+			} else {
+				current[sl.Name] = sl
+			}
+			var addrs []string
+			for _, sl := range current {
+				for _, ep := range sl.Endpoints {
+					if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+						addrs = append(addrs, ep.Addresses...)
 					}
-					ready++
 				}
 			}
-		}
-		return ready > 0, nil
-	})
-	if err != nil && ctx.Err() == nil {
+			if len(addrs) == 0 {
+				return false, nil
+			}
+			pods, err := i.agentPods(ctx)
+			if err != nil {
+				return false, err
+			}
+			agentIPs := map[string]bool{}
+			for k := range pods {
+				if podReady(&pods[k]) {
+					agentIPs[pods[k].Status.PodIP] = true
+				}
+			}
+			for _, a := range addrs {
+				if !agentIPs[a] {
+					return false, nil
+				}
+			}
+			return true, nil
+		})
+	if err != nil && parent.Err() == nil {
 		return fmt.Errorf("the endpoints of service %s never listed only the agent: %w", p.svc.Name, err)
 	}
 	return err
+}
+
+// listWatch adapts a typed client's List and Watch, restricted to a label selector, for
+// watchtools (and works with the fake clientset in unit tests, unlike a RESTClient ListWatch).
+func listWatch[L runtime.Object](selector string, list func(context.Context, metav1.ListOptions) (L, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)) *cache.ListWatch {
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = selector
+			return list(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = selector
+			return watchFn(ctx, o)
+		},
+	}
 }
 
 // agentPods lists the agent's pods.
@@ -247,31 +282,49 @@ func podReady(pod *corev1.Pod) bool {
 }
 
 // waitReady waits for a Ready agent pod, printing the pod's state as it changes; on timeout it
-// says why the agent did not start (image pull, admission, scheduling, crash).
+// says why the agent did not start (image pull, admission, scheduling, crash). It watches the
+// agent's pods, so the switch follows readiness at once.
 func (i *Intercept) waitReady(ctx context.Context, progress io.Writer) error {
 	p := i.plan
+	wctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	podsClient := p.cfg.Client.CoreV1().Pods(p.cfg.Namespace)
+	sel := labels.SelectorFromSet(objects.AgentSelector(p.svc.Name)).String()
+	current := map[string]corev1.Pod{}
 	last := ""
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, p.cfg.Timeout, true, func(ctx context.Context) (bool, error) {
-		pods, err := i.agentPods(ctx)
-		if err != nil {
-			return false, err
-		}
-		for k := range pods {
-			if podReady(&pods[k]) {
-				return true, nil
+	_, err := watchtools.UntilWithSync(wctx, listWatch(sel, podsClient.List, podsClient.Watch), &corev1.Pod{}, nil,
+		func(ev watch.Event) (bool, error) {
+			pod, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				return false, nil
 			}
-		}
-		if state := podsState(pods); state != last && state != "" {
-			fmt.Fprintf(progress, "  agent: %s\n", state)
-			last = state
-		}
-		return false, nil
-	})
+			if ev.Type == watch.Deleted {
+				delete(current, pod.Name)
+			} else {
+				current[pod.Name] = *pod
+			}
+			pods := make([]corev1.Pod, 0, len(current))
+			for _, pod := range current {
+				if podReady(&pod) {
+					return true, nil
+				}
+				pods = append(pods, pod)
+			}
+			sort.Slice(pods, func(a, b int) bool { return pods[a].Name < pods[b].Name })
+			if state := podsState(pods); state != last && state != "" {
+				fmt.Fprintf(progress, "  agent: %s\n", state)
+				last = state
+			}
+			return false, nil
+		})
 	if err == nil {
 		return nil
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
+	}
+	if wctx.Err() == nil {
+		return fmt.Errorf("watch the agent's pods: %w", err)
 	}
 	return fmt.Errorf("the agent for service %s was not ready within %s: %s", p.svc.Name, p.cfg.Timeout, i.diagnose(context.Background()))
 }

@@ -158,7 +158,7 @@ func (c *Client) runOnce(ctx context.Context, handlers *sync.WaitGroup) (connect
 	if err != nil {
 		return false, fmt.Errorf("dial agent: %w", err)
 	}
-	mux, err := yamux.Client(conn, YamuxConfig(c.log))
+	mux, err := ClientSession(conn, c.log)
 	if err != nil {
 		_ = conn.Close()
 		return false, fmt.Errorf("start tunnel session: %w", err)

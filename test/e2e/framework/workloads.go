@@ -216,6 +216,8 @@ type Summary struct {
 	P99Ms   float64        `json:"p99ms"`
 	Bytes   int64          `json:"bytes"`
 	MBps    float64        `json:"mbps"`
+	// UntilPodUnixNano: see the echo client's --until-pod.
+	UntilPodUnixNano int64 `json:"untilPodUnixNano"`
 }
 
 // EchoReply is the echo server's answer to one request.
@@ -231,17 +233,26 @@ type EchoReply struct {
 // "--count", "20", "--new-conn", "-H", "X-Owner=me".
 func (c *Client) Get(t testing.TB, url string, args ...string) Summary {
 	t.Helper()
+	s, err := c.TryGet(context.Background(), url, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TryGet is Get returning its error, for use off the test's goroutine.
+func (c *Client) TryGet(ctx context.Context, url string, args ...string) (Summary, error) {
 	cmd := append([]string{"/echo", "get"}, args...)
 	cmd = append(cmd, url)
-	stdout, stderr, err := c.f.Exec(context.Background(), c.ns, c.pod, cmd)
+	stdout, stderr, err := c.f.Exec(ctx, c.ns, c.pod, cmd)
 	if err != nil {
-		t.Fatalf("in-cluster request %v: %v\nstderr: %s", cmd, err, stderr)
+		return Summary{}, fmt.Errorf("in-cluster request %v: %w\nstderr: %s", cmd, err, stderr)
 	}
 	var s Summary
 	if err := json.Unmarshal([]byte(stdout), &s); err != nil {
-		t.Fatalf("in-cluster request %v: bad output %q: %v", cmd, stdout, err)
+		return Summary{}, fmt.Errorf("in-cluster request %v: bad output %q: %w", cmd, stdout, err)
 	}
-	return s
+	return s, nil
 }
 
 // Grpc runs `echo grpc [args...] addr` in the client pod: gRPC health checks over h2c, reporting

@@ -215,6 +215,9 @@ type Summary struct {
 	// Bytes is the body bytes received; MBps the rate over the whole run (with --discard).
 	Bytes int64   `json:"bytes"`
 	MBps  float64 `json:"mbps"`
+	// UntilPodUnixNano is when the --until-pod answer was sent (the request's start; this
+	// client's clock, which on one node is the test's clock too).
+	UntilPodUnixNano int64 `json:"untilPodUnixNano,omitempty"`
 }
 
 type headerFlags []string
@@ -233,6 +236,7 @@ func get(args []string) error {
 	insecure := fs.Bool("insecure", false, "accept any TLS certificate (https:// URLs)")
 	ws := fs.Bool("ws", false, "open a WebSocket to the URL (ws://…), send one message per request and read the echo")
 	method := fs.String("X", http.MethodGet, "request method")
+	untilPod := fs.String("until-pod", "", "stop at the first answer from this pod, reporting when its request was sent (measures when a switch takes effect)")
 	var headers, alt headerFlags
 	fs.Var(&headers, "H", "request header Name=Value (repeatable)")
 	fs.Var(&alt, "alt-H", "header Name=Value added to every other request only (the 1st, 3rd, …), to mix matching and non-matching requests on one keep-alive connection")
@@ -278,6 +282,10 @@ func get(args []string) error {
 		sum.OK++
 		sum.Pods[rep.Pod]++
 		sum.Last = rep
+		if *untilPod != "" && rep.Pod == *untilPod {
+			sum.UntilPodUnixNano = t0.UnixNano()
+			break
+		}
 	}
 	elapsed := time.Since(start)
 	sum.Elapsed = elapsed.String()

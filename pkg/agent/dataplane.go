@@ -31,7 +31,11 @@ func (s *Server) acceptData(ln net.Listener, p *DataPort) {
 func (s *Server) serveConn(p *DataPort, raw net.Conn) {
 	active := s.metrics.active.WithLabelValues(p.Key())
 	active.Inc()
-	defer active.Dec()
+	s.dataActive.Add(1)
+	defer func() {
+		active.Dec()
+		s.dataActive.Add(-1)
+	}()
 	defer func() { _ = raw.Close() }()
 
 	c := &Conn{Conn: raw, ID: s.nextConn.Add(1), Port: p, srv: s}

@@ -75,6 +75,9 @@ type Controller struct {
 	services corelisters.ServiceLister
 	kick     chan struct{}
 	statuses chan statusUpdate
+	// synced is closed once Start has filled the caches: Lookup waits for it, so the agent can
+	// listen (and pass traffic through) before its first List returns.
+	synced   chan struct{}
 	recorder record.EventRecorder
 	bcast    record.EventBroadcaster
 
@@ -121,6 +124,7 @@ func New(cfg Config) *Controller {
 			})),
 		kick:     make(chan struct{}, 1),
 		statuses: make(chan statusUpdate, 64),
+		synced:   make(chan struct{}),
 	}
 	c.leases = c.factory.Coordination().V1().Leases().Lister()
 	c.services = c.svcs.Core().V1().Services().Lister()
@@ -156,6 +160,7 @@ func (c *Controller) Start(ctx context.Context) error {
 	c.bcast.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events(c.cfg.Namespace)})
 	c.recorder = c.bcast.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "bridge-agent"})
 	go c.writeStatuses(ctx)
+	close(c.synced)
 	return nil
 }
 
@@ -167,7 +172,12 @@ func (c *Controller) poke() {
 }
 
 // Lookup implements agent.SessionStore from the Lease cache.
-func (c *Controller) Lookup(_ context.Context, id string) (agent.SessionSpec, error) {
+func (c *Controller) Lookup(ctx context.Context, id string) (agent.SessionSpec, error) {
+	select {
+	case <-c.synced:
+	case <-ctx.Done():
+		return agent.SessionSpec{}, tunnel.RefuseRetryable(fmt.Sprintf("session %s: the agent is still starting", id))
+	}
 	lease, err := c.leases.Leases(c.cfg.Namespace).Get(session.LeaseName(id))
 	if apierrors.IsNotFound(err) {
 		return agent.SessionSpec{}, fmt.Errorf("session %s: %w", id, agent.ErrUnknownSession)

@@ -103,8 +103,7 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	b.Logf("on the way: %s", milestones())
 	o, e := ic.Output()
 	b.Logf("CLI said: %s", strings.TrimSpace(o+e))
-	b.Logf("agent RSS cold idle (sessions attached, no traffic yet): %.1f MiB",
-		agentMetric(b, ns, "echo", "process_resident_memory_bytes")/(1<<20))
+	b.Logf("agent memory cold idle (sessions attached, no traffic yet): %s", agentMemory(b, ns, "echo"))
 
 	inCluster := func(name, url string, args ...string) {
 		b.Run(name, func(b *testing.B) {
@@ -158,7 +157,7 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	// What the agent keeps once traffic has stopped: it hands freed memory back to the OS after a
 	// few quiet seconds.
 	time.Sleep(12 * time.Second)
-	b.Logf("agent RSS idle after the transfers above: %.1f MiB", rss())
+	b.Logf("agent memory idle after the transfers above: %s", agentMemory(b, ns, "echo"))
 	done := make(chan framework.Summary, 1)
 	go func() {
 		stdout, _, err := fw.Exec(context.Background(), ns, "client", []string{"/echo", "hold", "--conns", "1000", "--duration", "15s", service + "/hold"})
@@ -265,4 +264,55 @@ func watchInterceptStart(ctx context.Context, b *testing.B, ns, service string, 
 		}
 		return strings.Join(parts, ", ")
 	}
+}
+
+// agentMemory reports the agent container's memory as Kubernetes counts it (the kubelet's
+// working set, what `kubectl top` shows and limits and eviction act on, and its anonymous RSS),
+// then the process's own view: RSS, which also counts the pages of the binary it has mapped
+// (shared, reclaimable page cache), and where the Go runtime's memory is.
+func agentMemory(b *testing.B, ns, service string) string {
+	m := func(name string) float64 { return agentMetric(b, ns, service, name) / (1 << 20) }
+	ws, rss := agentKubeletMemory(b, ns)
+	return fmt.Sprintf("working set %.1f MiB, container RSS (anonymous) %.1f MiB; process RSS %.1f MiB "+
+		"(Go heap in use %.1f, heap free but not returned %.1f, stacks %.1f, runtime total %.1f)",
+		ws, rss, m("process_resident_memory_bytes"), m("go_memstats_heap_inuse_bytes"),
+		m("go_memstats_heap_idle_bytes")-m("go_memstats_heap_released_bytes"), m("go_memstats_stack_inuse_bytes"),
+		m("go_memstats_sys_bytes"))
+}
+
+// agentKubeletMemory reads the agent container's working set and RSS in MiB from the kubelet's
+// summary API (through the API server's node proxy), which reads the container's cgroup.
+func agentKubeletMemory(b *testing.B, ns string) (workingSet, rss float64) {
+	ctx := context.Background()
+	pods, err := fw.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: objects.LabelManagedBy + "=" + objects.ManagedBy})
+	if err != nil || len(pods.Items) == 0 {
+		b.Fatalf("agent pod: %v", err)
+	}
+	pod := pods.Items[0]
+	raw, err := fw.Client.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", pod.Spec.NodeName, "proxy/stats/summary").DoRaw(ctx)
+	if err != nil {
+		b.Fatalf("kubelet stats summary: %v", err)
+	}
+	var summary struct {
+		Pods []struct {
+			PodRef     struct{ Name, Namespace string }
+			Containers []struct {
+				Memory struct {
+					WorkingSetBytes uint64 `json:"workingSetBytes"`
+					RSSBytes        uint64 `json:"rssBytes"`
+				} `json:"memory"`
+			} `json:"containers"`
+		} `json:"pods"`
+	}
+	if err := json.Unmarshal(raw, &summary); err != nil {
+		b.Fatalf("kubelet stats summary: %v", err)
+	}
+	for _, p := range summary.Pods {
+		if p.PodRef.Namespace == ns && p.PodRef.Name == pod.Name && len(p.Containers) > 0 {
+			c := p.Containers[0].Memory
+			return float64(c.WorkingSetBytes) / (1 << 20), float64(c.RSSBytes) / (1 << 20)
+		}
+	}
+	b.Fatalf("kubelet stats summary has no entry for pod %s/%s", ns, pod.Name)
+	return 0, 0
 }

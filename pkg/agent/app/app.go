@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -79,25 +80,31 @@ func RunInCluster(ctx context.Context, cfg agent.Config, o *options.Options) err
 	if err != nil {
 		return fmt.Errorf("bridge-agent: client: %w", err)
 	}
-	if err := resolveUpstreams(ctx, client, o.Namespace, cfg.Ports); err != nil {
-		return err
-	}
 	ctl := agentcontrol.New(agentcontrol.Config{
 		Client: client, Namespace: o.Namespace, Service: o.Service, PodName: o.PodName,
 		IdleGrace: o.IdleGrace, Logger: log,
 	})
-	// The session cache must be synced before the first tunnel attaches.
-	if err := ctl.Start(ctx); err != nil {
-		return fmt.Errorf("bridge-agent: start watching sessions: %w", err)
-	}
-	cfg.Sessions = ctl
+	cfg.Sessions = ctl // Lookup waits until the session cache is synced
 	cfg.OnSessionEvent = ctl.OnSessionEvent
+	up := newUpstreams(client, o.Namespace, cfg.Ports, cfg.DialUpstream, log)
+	cfg.DialUpstream = up.dial
 	srv, err := agent.New(cfg)
 	if err != nil {
 		return err
 	}
+	// Listen before the first API call: the kubelet probes readiness as soon as it sees the
+	// container running, and a probe that finds nothing listening costs a whole probe period
+	// (1 s) before the Service can be switched. Until the calls below return, connections wait
+	// for the upstream address and tunnels for the session cache; none is refused.
 	if err := srv.Start(); err != nil {
 		return fmt.Errorf("bridge-agent: %w", err)
+	}
+	go up.resolve(ctx)
+	if err := ctl.Start(ctx); err != nil {
+		grace, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+		defer cancel()
+		_ = srv.Shutdown(grace)
+		return fmt.Errorf("bridge-agent: start watching sessions: %w", err)
 	}
 	outcome, runErr := ctl.Run(ctx, srv)
 	log.Info("agent stopping", "outcome", outcome)
@@ -123,23 +130,66 @@ func RunInCluster(ctx context.Context, cfg agent.Config, o *options.Options) err
 	return nil
 }
 
-// resolveUpstreams replaces an upstream given as a Service name (the shadow Service) by that
-// Service's ClusterIP, once: ClusterIPs never change, and dialing an IP saves a DNS lookup per
-// connection.
-func resolveUpstreams(ctx context.Context, client kubernetes.Interface, namespace string, ports []agent.DataPort) error {
-	for i := range ports {
-		host, port, err := net.SplitHostPort(ports[i].Upstream)
+// upstreams resolves each upstream given as a Service name (the shadow Service) to that Service's
+// ClusterIP, once: ClusterIPs never change, and dialing an IP saves a DNS lookup per connection.
+// Dials wait for the resolution; if it fails, the name is dialed as given (cluster DNS).
+type upstreams struct {
+	client    kubernetes.Interface
+	namespace string
+	names     []string // upstreams that are bare Service names, host:port
+	next      func(ctx context.Context, network, addr string) (net.Conn, error)
+	log       *slog.Logger
+	done      chan struct{}
+	resolved  map[string]string
+}
+
+func newUpstreams(client kubernetes.Interface, namespace string, ports []agent.DataPort,
+	next func(ctx context.Context, network, addr string) (net.Conn, error), log *slog.Logger) *upstreams {
+	if next == nil {
+		next = (&net.Dialer{Timeout: agent.DefaultDialTimeout}).DialContext
+	}
+	u := &upstreams{client: client, namespace: namespace, next: next, log: log, done: make(chan struct{}), resolved: map[string]string{}}
+	for _, p := range ports {
+		host, _, err := net.SplitHostPort(p.Upstream)
 		// Only a bare name is a Service of this namespace; IPs and DNS names are dialed as given.
-		if err != nil || net.ParseIP(host) != nil || strings.Contains(host, ".") {
-			continue
-		}
-		svc, err := client.CoreV1().Services(namespace).Get(ctx, host, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("bridge-agent: resolve upstream service %s/%s: %w", namespace, host, err)
-		}
-		if ip := svc.Spec.ClusterIP; ip != "" && ip != "None" {
-			ports[i].Upstream = net.JoinHostPort(ip, port)
+		if err == nil && net.ParseIP(host) == nil && !strings.Contains(host, ".") {
+			u.names = append(u.names, p.Upstream)
 		}
 	}
-	return nil
+	return u
+}
+
+func (u *upstreams) resolve(ctx context.Context) {
+	defer close(u.done)
+	ips := map[string]string{}
+	for _, hp := range u.names {
+		host, port, _ := net.SplitHostPort(hp)
+		ip, ok := ips[host]
+		if !ok {
+			svc, err := u.client.CoreV1().Services(u.namespace).Get(ctx, host, metav1.GetOptions{})
+			if err != nil {
+				u.log.Warn("resolve upstream service; dialing it by name", "service", host, "err", err)
+				continue
+			}
+			if ip = svc.Spec.ClusterIP; ip == "None" {
+				ip = ""
+			}
+			ips[host] = ip
+		}
+		if ip != "" {
+			u.resolved[hp] = net.JoinHostPort(ip, port)
+		}
+	}
+}
+
+func (u *upstreams) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	select {
+	case <-u.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if ip, ok := u.resolved[addr]; ok {
+		addr = ip
+	}
+	return u.next(ctx, network, addr)
 }

@@ -98,6 +98,32 @@ func TestLookupFromLease(t *testing.T) {
 	}
 }
 
+// TestLookupWaitsForTheCache: the agent listens before its session cache is filled; a tunnel
+// attaching meanwhile waits for it, and is told to retry if its handshake time runs out first.
+func TestLookupWaitsForTheCache(t *testing.T) {
+	c := fake.NewClientset(lease(t, "live0001", t0))
+	ctl := New(Config{Client: c, Namespace: "dev", Service: "api", PodName: "agent-pod", Clock: clocktesting.NewFakeClock(t0)})
+	short, cancelShort := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancelShort()
+	var refused *tunnel.RefusedError
+	if _, err := ctl.Lookup(short, "live0001"); !errors.As(err, &refused) || !refused.Retryable {
+		t.Fatalf("before the cache is filled: want a retryable refusal, got %v", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := ctl.Lookup(context.Background(), "live0001")
+		got <- err
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := ctl.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("lookup waiting for the cache: %v", err)
+	}
+}
+
 func TestSwitchesWhileLiveAndHealsAReset(t *testing.T) {
 	ctl, c, _ := setup(t, lease(t, "live0001", t0))
 	srv := &fakeServer{}

@@ -44,6 +44,9 @@ type EchoOptions struct {
 	// TLS serves HTTPS with a self-signed certificate on the main port, exposed as Service port
 	// 443 named "web" (a name that says nothing about the protocol).
 	TLS bool
+	// Sidecar, when set, adds a second container of that name (e.g. istio-proxy), as a service
+	// mesh injects: the echo app again, on a port of its own.
+	Sidecar string
 }
 
 // SecureContext is a container security context admitted by Pod Security "restricted".
@@ -92,6 +95,12 @@ func (f *Framework) DeployEcho(t testing.TB, ns, name string, o EchoOptions) *Ec
 	if o.TLS {
 		c.ReadinessProbe.HTTPGet.Scheme = corev1.URISchemeHTTPS
 	}
+	containers := []corev1.Container{c}
+	if o.Sidecar != "" {
+		side := echoContainer("serve", "--listen", ":15001")
+		side.Name = o.Sidecar
+		containers = append(containers, side)
+	}
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
 		Spec: appsv1.DeploymentSpec{
@@ -100,7 +109,7 @@ func (f *Framework) DeployEcho(t testing.TB, ns, name string, o EchoOptions) *Ec
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
-					Containers:                    []corev1.Container{c},
+					Containers:                    containers,
 					TerminationGracePeriodSeconds: ptr.To[int64](5), // echo drains 2 s on SIGTERM
 				},
 			},

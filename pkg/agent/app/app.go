@@ -101,10 +101,16 @@ func RunInCluster(ctx context.Context, cfg agent.Config, o *options.Options) err
 	}
 	go up.resolve(ctx)
 	if err := ctl.Start(ctx); err != nil {
-		grace, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+		// Ready already, so the Service may have been switched to this pod: put it back before
+		// going away, as on any other stop.
+		cleanupCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 		defer cancel()
-		_ = srv.Shutdown(grace)
-		return fmt.Errorf("bridge-agent: start watching sessions: %w", err)
+		errs := []error{fmt.Errorf("start watching sessions: %w", err)}
+		if err := ctl.Shutdown(cleanupCtx); err != nil {
+			errs = append(errs, fmt.Errorf("restore service: %w", err))
+		}
+		_ = srv.Shutdown(cleanupCtx)
+		return fmt.Errorf("bridge-agent: %w", errors.Join(errs...))
 	}
 	outcome, runErr := ctl.Run(ctx, srv)
 	log.Info("agent stopping", "outcome", outcome)

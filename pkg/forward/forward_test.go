@@ -20,35 +20,21 @@ import (
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward/portforwardtest"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel/tunneltest"
 )
 
 // podServer answers every line with the pod's name, like the e2e echo workload.
 func podServer(t *testing.T, name string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	return tunneltest.Serve(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
 		for {
-			c, err := l.Accept()
-			if err != nil {
+			if _, err := r.ReadString('\n'); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					if _, err := r.ReadString('\n'); err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s\n", name)
-				}
-			}()
+			fmt.Fprintf(c, "%s\n", name)
 		}
-	}()
-	return l.Addr().String()
+	}).Addr().String()
 }
 
 type env struct {

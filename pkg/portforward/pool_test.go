@@ -17,40 +17,26 @@ import (
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward/portforwardtest"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel/tunneltest"
 )
 
 // echoServer echoes every line back prefixed with its name; a line "RESET" resets the connection.
 func echoServer(t testing.TB, name string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	return tunneltest.Serve(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
 		for {
-			c, err := l.Accept()
+			line, err := r.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if line == "RESET\n" {
-						c.(*net.TCPConn).SetLinger(0)
-						return
-					}
-					fmt.Fprintf(c, "%s:%s", name, line)
-				}
-			}()
+			if line == "RESET\n" {
+				_ = c.(*net.TCPConn).SetLinger(0)
+				return
+			}
+			fmt.Fprintf(c, "%s:%s", name, line)
 		}
-	}()
-	return l.Addr().String()
+	}).Addr().String()
 }
 
 // closedPort returns an address nothing listens on.

@@ -170,7 +170,7 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	var peak, peakWS float64
 	for deadline := time.Now().Add(25 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
 		peak = max(peak, rss())
-		peakWS = max(peakWS, agentWorkingSet(b, ns))
+		peakWS = max(peakWS, agentWorkingSet(b, ns, "echo"))
 		select {
 		case s := <-done:
 			b.Logf("agent with %d concurrent stolen connections (%d failed): peak working set %.1f MiB, peak process RSS %.1f MiB", s.OK, s.Failed, peakWS, peak)
@@ -275,20 +275,16 @@ func agentMemory(b *testing.B, ns, service string) string {
 	m := func(name string) float64 { return agentMetric(b, ns, service, name) / (1 << 20) }
 	return fmt.Sprintf("working set %.1f MiB; process RSS %.1f MiB "+
 		"(Go heap in use %.1f, heap free but not returned %.1f, stacks %.1f, runtime total %.1f)",
-		agentWorkingSet(b, ns), m("process_resident_memory_bytes"), m("go_memstats_heap_inuse_bytes"),
+		agentWorkingSet(b, ns, service), m("process_resident_memory_bytes"), m("go_memstats_heap_inuse_bytes"),
 		m("go_memstats_heap_idle_bytes")-m("go_memstats_heap_released_bytes"), m("go_memstats_stack_inuse_bytes"),
 		m("go_memstats_sys_bytes"))
 }
 
 // agentWorkingSet reads the agent container's working set in MiB from the kubelet's summary API
 // (through the API server's node proxy), which reads it from the container's cgroup.
-func agentWorkingSet(b *testing.B, ns string) float64 {
+func agentWorkingSet(b *testing.B, ns, service string) float64 {
 	ctx := context.Background()
-	pods, err := fw.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: objects.LabelManagedBy + "=" + objects.ManagedBy})
-	if err != nil || len(pods.Items) == 0 {
-		b.Fatalf("agent pod: %v", err)
-	}
-	pod := pods.Items[0]
+	pod := agentPod(b, ns, service)
 	raw, err := fw.Client.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", pod.Spec.NodeName, "proxy/stats/summary").DoRaw(ctx)
 	if err != nil {
 		b.Fatalf("kubelet stats summary: %v", err)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kubectl-bridge/kubectl-bridge/test/e2e/framework"
@@ -335,11 +336,7 @@ func TestRoutingProtocols(t *testing.T) {
 func agentMetric(t testing.TB, ns, service, sample string) float64 {
 	t.Helper()
 	ctx := context.Background()
-	pods, err := fw.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubectl-bridge.io/agent-for=" + service})
-	if err != nil || len(pods.Items) == 0 {
-		t.Fatalf("agent pod of %s: %v", service, err)
-	}
-	raw, err := fw.Client.CoreV1().Pods(ns).ProxyGet("http", pods.Items[0].Name, "7071", "/metrics", nil).DoRaw(ctx)
+	raw, err := fw.Client.CoreV1().Pods(ns).ProxyGet("http", agentPod(t, ns, service).Name, "7071", "/metrics", nil).DoRaw(ctx)
 	if err != nil {
 		t.Fatalf("agent metrics: %v", err)
 	}
@@ -350,6 +347,16 @@ func agentMetric(t testing.TB, ns, service, sample string) float64 {
 		}
 	}
 	return 0
+}
+
+// agentPod returns the agent pod serving service.
+func agentPod(t testing.TB, ns, service string) corev1.Pod {
+	t.Helper()
+	pods, err := fw.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "kubectl-bridge.io/agent-for=" + service})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("agent pod of %s: %v", service, err)
+	}
+	return pods.Items[0]
 }
 
 func freeLocalAddr(t testing.TB) string {

@@ -89,6 +89,9 @@ func Up(ctx context.Context, o *Options) error {
 	if err := kernelSetup(); err != nil {
 		return err
 	}
+	if err := confineNetworks(); err != nil {
+		return err
+	}
 	rec = &Record{StateDir: dir, Binary: self}
 	if err := rec.save(); err != nil {
 		return fmt.Errorf("write machine record: %w", err)
@@ -260,6 +263,32 @@ func kernelSetup() error {
 		_ = os.WriteFile("/proc/sys/net/bridge/bridge-nf-call-iptables", []byte("1"), 0o644)
 	} else {
 		logf("warning: bridge netfilter unavailable (no br_netfilter): pod-to-Service traffic on the same node may fail")
+	}
+	return nil
+}
+
+// confineChain holds the rules that keep the cluster's networks on this machine. Its KUBE-
+// prefix makes down's chain sweep remove it with kube-proxy's.
+const confineChain = "KUBE-LOCALKUBE-CONFINE"
+
+// confineNetworks rejects packets for the Service or pod CIDR that would otherwise follow the
+// default route off the machine: a ClusterIP kube-proxy has no rule for (yet, or at all when it
+// is broken) and pod IPs outside this node's bridge. Filter OUTPUT and FORWARD run after
+// kube-proxy's DNAT, so traffic it does route (to a pod IP on cni0) never matches.
+func confineNetworks() error {
+	rules := [][]string{
+		{"-N", confineChain},
+		{"-A", confineChain, "-d", ServiceCIDR, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"},
+		{"-A", confineChain, "-d", ServiceCIDR, "-j", "REJECT"},
+		{"-A", confineChain, "-d", ClusterCIDR, "!", "-o", CNIBridge, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"},
+		{"-A", confineChain, "-d", ClusterCIDR, "!", "-o", CNIBridge, "-j", "REJECT"},
+		{"-A", "OUTPUT", "-j", confineChain},
+		{"-A", "FORWARD", "-j", confineChain},
+	}
+	for _, r := range rules {
+		if out, err := exec.Command("iptables", append([]string{"-w", "-t", "filter"}, r...)...).CombinedOutput(); err != nil {
+			return fmt.Errorf("keep the cluster networks on this machine: iptables %s: %w: %s", strings.Join(r, " "), err, out)
+		}
 	}
 	return nil
 }

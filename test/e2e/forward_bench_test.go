@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"sort"
 	"strconv"
@@ -192,6 +193,15 @@ func BenchmarkForwardThroughput(b *testing.B) {
 		}
 		variants = append(variants, variant{name, doc.url(t, "svc/echo", "")})
 	}
+	// The same two over SPDY straight to the API server (KUBECTL_PORT_FORWARD_WEBSOCKETS=false,
+	// kubectl's own switch, which forward honours too): what kubefwd uses, and faster in bulk.
+	withSPDY(func() {
+		if url, ok := kubectlBinaryPortForward(t, ns, pod); ok {
+			variants = append(variants, variant{"kubectl port-forward (kubectl binary), SPDY", url})
+		}
+		_, doc := startForward(t, ns, "svc/echo")
+		variants = append(variants, variant{"kubectl bridge forward, 128 KiB buffers, SPDY", doc.url(t, "svc/echo", "")})
+	})
 	// The cluster runs on this machine: its pod network is reachable directly, which is the
 	// in-cluster baseline without a port-forward on the way.
 	p, err := fw.Client.CoreV1().Pods(ns).Get(context.Background(), pod, metav1.GetOptions{})
@@ -217,6 +227,21 @@ func BenchmarkForwardThroughput(b *testing.B) {
 		m, r := median(mbps[v.name]), median(rps[v.name])
 		t.Logf("%-60s download %7.1f MB/s (%.2fx), %6.0f requests/s on one connection (%.2fx)", v.name, m, m/baseMB, r, r/baseRate)
 	}
+}
+
+// withSPDY runs start with KUBECTL_PORT_FORWARD_WEBSOCKETS=false in this process's environment,
+// which the kubectl and kubectl-bridge processes it starts inherit.
+func withSPDY(start func()) {
+	old, had := os.LookupEnv("KUBECTL_PORT_FORWARD_WEBSOCKETS")
+	_ = os.Setenv("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
+	defer func() {
+		if had {
+			_ = os.Setenv("KUBECTL_PORT_FORWARD_WEBSOCKETS", old)
+		} else {
+			_ = os.Unsetenv("KUBECTL_PORT_FORWARD_WEBSOCKETS")
+		}
+	}()
+	start()
 }
 
 func median(xs []float64) float64 {

@@ -88,7 +88,15 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	time.Sleep(time.Second) // the loop runs
 	start := time.Now()
 	milestones := watchInterceptStart(loopCtx, b, ns, "echo", start)
-	ic := fw.StartBridge(b, "intercept", "-n", ns, "svc/echo", "--to", local)
+	// BRIDGE_BENCH_SPDY=1 runs the intercept's tunnel over SPDY instead of WebSockets; the
+	// kubectl baseline above keeps kubectl's default (WebSockets).
+	var ic *framework.Process
+	startIntercept := func() { ic = fw.StartBridge(b, "intercept", "-n", ns, "svc/echo", "--to", local) }
+	if os.Getenv("BRIDGE_BENCH_SPDY") != "" {
+		withSPDY(startIntercept)
+	} else {
+		startIntercept()
+	}
 	ic.WaitOutput("Tunnel connected", 90*time.Second)
 	select {
 	case t := <-firstLaptop:
@@ -149,15 +157,48 @@ func BenchmarkInterceptPaths(b *testing.B) {
 		b.ReportMetric(float64(total)/1e6/time.Since(t0).Seconds(), "MB/s")
 	})
 
+	// Upload: the same volume the other way, so each path's bytes also cross the port-forward in
+	// the direction the other path's bulk download does ((a) upload and (b) bulk both carry
+	// cluster → laptop; (a) bulk and (b) upload laptop → cluster).
+	b.Run("a-agent-tunnel/upload", func(b *testing.B) {
+		s := client.Get(b, service+"/sink", "--count", "3", "--upload", size, bulk)
+		b.ReportMetric(s.MBps, "MB/s")
+	})
+	b.Run("c-direct-pod/upload", func(b *testing.B) {
+		s := client.Get(b, direct+"/sink", "--count", "3", "--upload", size, bulk)
+		b.ReportMetric(s.MBps, "MB/s")
+	})
+	b.Run("b-kubectl-port-forward/upload", func(b *testing.B) {
+		b.ReportMetric(localUpload(b, kpf+"/sink", 3, 256<<20), "MB/s")
+	})
+
 	// The agent's memory, from its own process collector: idle now, then holding 1000 connections
 	// that are all stolen (1000 tunnel streams and 1000 connections to the local app).
+	// A sub-benchmark so a -bench filter can leave it out; it runs its body once although the
+	// testing package calls it twice (b.N = 1, then the -benchtime count).
+	var memoryOnce sync.Once
+	b.Run("agent-memory", func(b *testing.B) {
+		memoryOnce.Do(func() {
+			// What the agent keeps once traffic has stopped: it hands freed memory back to the
+			// OS after a few quiet seconds.
+			time.Sleep(12 * time.Second)
+			b.Logf("agent memory idle after the transfers above: %s", agentMemory(b, ns, "echo"))
+			holdConnections(b, ns, service)
+		})
+	})
+
+	t0 := time.Now()
+	ic.Signal(syscall.SIGINT)
+	ic.Wait(30 * time.Second)
+	b.Logf("Ctrl-C to exit with the service restored: %s", time.Since(t0).Round(time.Millisecond))
+}
+
+// holdConnections has an in-cluster client hold 1000 connections to service for 15 s and logs
+// the agent's peak working set and process RSS meanwhile.
+func holdConnections(b *testing.B, ns, service string) {
 	rss := func() float64 {
 		return agentMetric(b, ns, "echo", "process_resident_memory_bytes") / (1 << 20)
 	}
-	// What the agent keeps once traffic has stopped: it hands freed memory back to the OS after a
-	// few quiet seconds.
-	time.Sleep(12 * time.Second)
-	b.Logf("agent memory idle after the transfers above: %s", agentMemory(b, ns, "echo"))
 	done := make(chan framework.Summary, 1)
 	go func() {
 		stdout, _, err := fw.Exec(context.Background(), ns, "client", []string{"/echo", "hold", "--conns", "1000", "--duration", "15s", service + "/hold"})
@@ -178,11 +219,30 @@ func BenchmarkInterceptPaths(b *testing.B) {
 		default:
 		}
 	}
+}
 
+// localUpload POSTs count bodies of size bytes from this machine and returns MB/s.
+func localUpload(b *testing.B, url string, count int, size int64) float64 {
 	t0 := time.Now()
-	ic.Signal(syscall.SIGINT)
-	ic.Wait(30 * time.Second)
-	b.Logf("Ctrl-C to exit with the service restored: %s", time.Since(t0).Round(time.Millisecond))
+	for i := 0; i < count; i++ {
+		resp, err := http.Post(url, "application/octet-stream", io.LimitReader(zeroes{}, size))
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("upload: %s", resp.Status)
+		}
+	}
+	return float64(int64(count)*size) / 1e6 / time.Since(t0).Seconds()
+}
+
+type zeroes struct{}
+
+func (zeroes) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
 
 // localLatency sends b.N sequential requests from this machine and reports p50/p99.

@@ -76,6 +76,10 @@ func BenchmarkRouting(b *testing.B) {
 			sessions = append(sessions, p)
 		}
 		waitServed(b, client, service, "laptop", "-H", "x-owner=dev0")
+		// The floor again, with the n CLIs running: on this machine they share the 2 cores with
+		// the cluster (on real laptops they would not), so "unmatched vs direct" compares two
+		// figures taken under the same load.
+		latency(fmt.Sprintf("rules-%d/direct", n), direct+"/d")
 		latency(fmt.Sprintf("rules-%d/unmatched", n), service+"/u", "-H", "x-owner=nobody")
 		latency(fmt.Sprintf("rules-%d/matched", n), service+"/m", "-H", "x-owner=dev0")
 		b.Run(fmt.Sprintf("rules-%d/agent-cpu", n), func(b *testing.B) {

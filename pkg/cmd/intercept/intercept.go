@@ -364,7 +364,7 @@ func (o *Options) Run(ctx context.Context) error {
 func (o *Options) serve(ctx context.Context, ic *lib.Intercept, started time.Time) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pool := portforward.NewPool(portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(), true), portforward.Options{})
+	pool := portforward.NewPool(portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(), !cmdutil.PortForwardWebsockets.IsDisabled()), portforward.Options{})
 	defer pool.Close()
 
 	first := true

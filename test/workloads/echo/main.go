@@ -121,6 +121,16 @@ func serve(args []string) error {
 			n -= chunk
 		}
 	})
+	// /sink reads and counts the request body: the upload direction of a bulk transfer.
+	mux.HandleFunc("/sink", func(w http.ResponseWriter, r *http.Request) {
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(Reply{Pod: pod, Method: r.Method, Path: r.URL.Path, Body: strconv.FormatInt(n, 10)})
+	})
 	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
 		c, err := upgrader.Upgrade(w, r, nil)
 		if err != nil {
@@ -236,6 +246,7 @@ func get(args []string) error {
 	insecure := fs.Bool("insecure", false, "accept any TLS certificate (https:// URLs)")
 	ws := fs.Bool("ws", false, "open a WebSocket to the URL (ws://…), send one message per request and read the echo")
 	method := fs.String("X", http.MethodGet, "request method")
+	upload := fs.Int64("upload", 0, "send a request body of this many bytes (POST unless -X says otherwise) and count them as the bytes moved")
 	untilPod := fs.String("until-pod", "", "stop at the first answer from this pod, reporting when its request was sent (measures when a switch takes effect)")
 	var headers, alt headerFlags
 	fs.Var(&headers, "H", "request header Name=Value (repeatable)")
@@ -269,8 +280,12 @@ func get(args []string) error {
 		if i%2 == 0 {
 			hs = append(slices.Clone(headers), alt...)
 		}
-		rep, n, err := once(client, *method, url, hs, *discard)
-		sum.Bytes += n
+		m := *method
+		if *upload > 0 && m == http.MethodGet {
+			m = http.MethodPost
+		}
+		rep, n, err := once(client, m, url, hs, *discard, *upload)
+		sum.Bytes += n + *upload
 		if err != nil {
 			sum.Failed++
 			if len(sum.Errors) < 10 {
@@ -298,8 +313,15 @@ func get(args []string) error {
 	return json.NewEncoder(os.Stdout).Encode(sum)
 }
 
-func once(client *http.Client, method, url string, headers []string, discard bool) (*Reply, int64, error) {
-	req, err := http.NewRequest(method, url, nil)
+func once(client *http.Client, method, url string, headers []string, discard bool, upload int64) (*Reply, int64, error) {
+	var reqBody io.Reader
+	if upload > 0 {
+		reqBody = io.LimitReader(repeatReader{}, upload)
+	}
+	req, err := http.NewRequest(method, url, reqBody)
+	if upload > 0 {
+		req.ContentLength = upload
+	}
 	if err != nil {
 		return nil, 0, err
 	}
@@ -402,7 +424,7 @@ func hold(args []string) error {
 	for i := 0; i < *conns; i++ {
 		// One client per connection: each keeps its own idle connection open.
 		c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 10 * time.Second}
-		rep, _, err := once(c, http.MethodGet, url, nil, false)
+		rep, _, err := once(c, http.MethodGet, url, nil, false, 0)
 		if err != nil {
 			sum.Failed++
 			if len(sum.Errors) < 10 {
@@ -460,4 +482,14 @@ func grpcGet(args []string) error {
 		sum.Pods[strings.Join(header.Get("x-served-by"), ",")]++
 	}
 	return json.NewEncoder(os.Stdout).Encode(sum)
+}
+
+// repeatReader is an endless source of upload bytes that costs no allocation or randomness.
+type repeatReader struct{}
+
+func (repeatReader) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(i)
+	}
+	return len(p), nil
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -485,6 +486,7 @@ func TestInterceptBadInput(t *testing.T) {
 		{"malformed header", []string{"svc/echo", "--port", "http", "--header", "owner"}, "--header"},
 		{"invalid regex", []string{"svc/echo", "--port", "http", "--path-regex", "(["}, "--path-regex"},
 		{"image never pulls", []string{"svc/echo", "--port", "http", "--image", "ghcr.io/kubectl-bridge/does-not-exist:v0", "--timeout", "15s"}, "image pull"},
+		{"agent cannot be scheduled", []string{"svc/echo", "--port", "http", "--agent-resources", "cpu=100", "--timeout", "10s"}, "scheduling failed: 0/1 nodes are available"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -497,6 +499,32 @@ func TestInterceptBadInput(t *testing.T) {
 			}
 		})
 	}
+
+	// Admission refuses the agent's pod (here a quota of no pods): the Job's events say why.
+	t.Run("agent pod refused by admission", func(t *testing.T) {
+		quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: "no-pods"},
+			Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}}
+		if _, err := fw.Client.CoreV1().ResourceQuotas(ns).Create(ctx, quota, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = fw.Client.CoreV1().ResourceQuotas(ns).Delete(ctx, quota.Name, metav1.DeleteOptions{}) }()
+		// The quota controller must have counted the namespace's pods before admission enforces it.
+		err := framework.Poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
+			q, err := fw.Client.CoreV1().ResourceQuotas(ns).Get(ctx, quota.Name, metav1.GetOptions{})
+			return err == nil && q.Status.Hard != nil, nil
+		})
+		if err != nil {
+			t.Fatalf("quota never observed: %v", err)
+		}
+		res := fw.RunBridge(t, "intercept", "-n", ns, "svc/echo", "--port", "http", "--timeout", "10s")
+		want := "the agent pod could not be created (FailedCreate)"
+		if res.ExitCode == 0 || !strings.Contains(res.Stderr, want) || !strings.Contains(res.Stderr, "exceeded quota") {
+			t.Fatalf("want a non-zero exit, %q and the quota named; got exit %d, stderr:\n%s", want, res.ExitCode, res.Stderr)
+		}
+		for n, b := range before {
+			waitRestored(t, ns, n, b, 60*time.Second)
+		}
+	})
 
 	t.Run("steal conflict names the other user", func(t *testing.T) {
 		app := startLocalApp(t)

@@ -91,7 +91,9 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	// BRIDGE_BENCH_SPDY=1 runs the intercept's tunnel over SPDY instead of WebSockets; the
 	// kubectl baseline above keeps kubectl's default (WebSockets).
 	var ic *framework.Process
-	startIntercept := func() { ic = fw.StartBridge(b, "intercept", "-n", ns, "svc/echo", "--to", local) }
+	// BRIDGE_BENCH_INTERCEPT_ARGS adds flags to the intercept under test (e.g. --pre-dial=false).
+	args := append([]string{"intercept", "-n", ns, "svc/echo", "--to", local}, strings.Fields(os.Getenv("BRIDGE_BENCH_INTERCEPT_ARGS"))...)
+	startIntercept := func() { ic = fw.StartBridge(b, args...) }
 	if os.Getenv("BRIDGE_BENCH_SPDY") != "" {
 		withSPDY(startIntercept)
 	} else {

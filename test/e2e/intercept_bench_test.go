@@ -88,11 +88,11 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	time.Sleep(time.Second) // the loop runs
 	start := time.Now()
 	milestones := watchInterceptStart(loopCtx, b, ns, "echo", start)
-	// BRIDGE_BENCH_SPDY=1 runs the intercept's tunnel over SPDY instead of WebSockets; the
-	// kubectl baseline above keeps kubectl's default (WebSockets).
-	var ic *framework.Process
-	// BRIDGE_BENCH_INTERCEPT_ARGS adds flags to the intercept under test (e.g. --pre-dial=false).
+	// For A/B runs: BRIDGE_BENCH_INTERCEPT_ARGS adds flags to the intercept under test, and
+	// BRIDGE_BENCH_SPDY=1 runs its tunnel over SPDY instead of WebSockets (the kubectl baseline
+	// above keeps kubectl's default, WebSockets).
 	args := append([]string{"intercept", "-n", ns, "svc/echo", "--to", local}, strings.Fields(os.Getenv("BRIDGE_BENCH_INTERCEPT_ARGS"))...)
+	var ic *framework.Process
 	startIntercept := func() { ic = fw.StartBridge(b, args...) }
 	if os.Getenv("BRIDGE_BENCH_SPDY") != "" {
 		withSPDY(startIntercept)
@@ -174,10 +174,10 @@ func BenchmarkInterceptPaths(b *testing.B) {
 		b.ReportMetric(localUpload(b, kpf+"/sink", 3, 256<<20), "MB/s")
 	})
 
-	// The agent's memory, from its own process collector: idle now, then holding 1000 connections
-	// that are all stolen (1000 tunnel streams and 1000 connections to the local app).
-	// A sub-benchmark so a -bench filter can leave it out; it runs its body once although the
-	// testing package calls it twice (b.N = 1, then the -benchtime count).
+	// The agent's memory: idle after the transfers, then holding 1000 connections that are all
+	// stolen (1000 tunnel streams and 1000 connections to the local app). A sub-benchmark so a
+	// -bench filter can leave it out; it runs its body once although the testing package calls
+	// it twice (b.N = 1, then the -benchtime count).
 	var memoryOnce sync.Once
 	b.Run("agent-memory", func(b *testing.B) {
 		memoryOnce.Do(func() {

@@ -285,7 +285,7 @@ func get(args []string) error {
 			m = http.MethodPost
 		}
 		rep, n, err := once(client, m, url, hs, *discard, *upload)
-		sum.Bytes += n + *upload
+		sum.Bytes += n
 		if err != nil {
 			sum.Failed++
 			if len(sum.Errors) < 10 {
@@ -294,6 +294,7 @@ func get(args []string) error {
 			continue
 		}
 		lat = append(lat, time.Since(t0))
+		sum.Bytes += *upload // sent whole: the server answered
 		sum.OK++
 		sum.Pods[rep.Pod]++
 		sum.Last = rep
@@ -319,12 +320,10 @@ func once(client *http.Client, method, url string, headers []string, discard boo
 		reqBody = io.LimitReader(repeatReader{}, upload)
 	}
 	req, err := http.NewRequest(method, url, reqBody)
-	if upload > 0 {
-		req.ContentLength = upload
-	}
 	if err != nil {
 		return nil, 0, err
 	}
+	req.ContentLength = upload // NewRequest cannot tell a LimitReader's length
 	for _, h := range headers {
 		k, v, ok := strings.Cut(h, "=")
 		if !ok {

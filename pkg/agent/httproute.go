@@ -113,7 +113,7 @@ func newHTTPPort(s *Server, p *DataPort) *httpPort {
 		Protocols: protocols(true, true), // h2c with prior knowledge is recognized by its preface
 		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
 			if rc, ok := nc.(*routedConn); ok {
-				ctx = context.WithValue(ctx, connKey{}, rc.c)
+				ctx = context.WithValue(ctx, connKey{}, rc)
 			}
 			return ctx
 		},
@@ -136,6 +136,8 @@ func (hp *httpPort) serve(c *Conn) {
 		context.AfterFunc(hp.srv.ctx, func() { _ = hp.ln.Close() })
 	})
 	rc := &routedConn{Conn: c.Conn, c: c, closed: make(chan struct{})}
+	rc.upstream = &pinnedUpstream{hp: hp}
+	defer rc.upstream.Close()
 	select {
 	case hp.ln.conns <- rc:
 	case <-hp.ln.done:
@@ -162,9 +164,10 @@ type routeKey struct{}
 // route is the routing decision of one request, shared by the handler, the proxy's transport and
 // its error handler through the request context.
 type route struct {
-	c     *Conn
-	steal *Session // nil: the shadow Service
-	h2    bool
+	c        *Conn
+	upstream *pinnedUpstream // the client connection's own upstream connection
+	steal    *Session        // nil: the shadow Service
+	h2       bool
 	// failed is set by the proxy's error handler; fellBack when the laptop was unreachable before
 	// anything was sent and the shadow Service answered instead.
 	failed   error
@@ -179,13 +182,13 @@ func routeOf(r *http.Request) *route {
 // ServeHTTP routes one request.
 func (hp *httpPort) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := hp.srv
-	c, _ := r.Context().Value(connKey{}).(*Conn)
-	if c == nil {
+	rc, _ := r.Context().Value(connKey{}).(*routedConn)
+	if rc == nil {
 		http.Error(w, "kubectl-bridge: request without connection", http.StatusInternalServerError)
 		return
 	}
 	t := s.reg.table(hp.port)
-	rt := &route{c: c, h2: r.ProtoMajor == 2}
+	rt := &route{c: rc.c, upstream: rc.upstream, h2: r.ProtoMajor == 2}
 	for _, sess := range t.steals {
 		if sess.rules.Matches(r.Method, r.URL.Path, r.Header) {
 			rt.steal = sess
@@ -259,9 +262,12 @@ func (hp *httpPort) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = req.Clone(req.Context())
 		req.URL.Host = hp.port.Upstream
 	}
-	t := hp.upstream1
-	if rt.h2 {
+	var t http.RoundTripper = hp.upstream1
+	switch {
+	case rt.h2:
 		t = hp.upstream2
+	case pinnable(req):
+		t = rt.upstream
 	}
 	resp, err := t.RoundTrip(req)
 	// During a rollout the shadow Service may hand a request to a pod that is going away (refused,
@@ -473,9 +479,10 @@ func (l *connListener) Addr() net.Addr { return &net.TCPAddr{} }
 // (or a hijacking handler) closes it, so that the router's goroutine knows the connection is done.
 type routedConn struct {
 	net.Conn
-	c      *Conn
-	closed chan struct{}
-	once   sync.Once
+	c        *Conn
+	upstream *pinnedUpstream
+	closed   chan struct{}
+	once     sync.Once
 }
 
 func (rc *routedConn) Close() error {

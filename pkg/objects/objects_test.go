@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -67,6 +68,27 @@ func TestAgentJobIsRestrictedAndLabelled(t *testing.T) {
 	}
 	if ports := c.Ports; len(ports) != 3 || ports[0].Name != "http" || ports[1].Name != ControlPortName {
 		t.Fatalf("container ports = %v", ports)
+	}
+}
+
+func TestAgentRunsOnTheCoresItRequests(t *testing.T) {
+	for _, tc := range []struct {
+		cpu  string // "" = no request
+		want string
+	}{{"", "1"}, {"100m", "1"}, {"1", "1"}, {"1500m", "2"}, {"2", "2"}} {
+		p := AgentParams{Namespace: "dev", Service: "api", DataPorts: []AgentPort{{Name: "http", Port: 8080}}}
+		if tc.cpu != "" {
+			p.Resources.Requests = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(tc.cpu)}
+		}
+		got := ""
+		for _, e := range AgentJob(p).Spec.Template.Spec.Containers[0].Env {
+			if e.Name == "GOMAXPROCS" {
+				got = e.Value
+			}
+		}
+		if got != tc.want {
+			t.Errorf("cpu request %q: GOMAXPROCS=%q, want %q", tc.cpu, got, tc.want)
+		}
 	}
 }
 

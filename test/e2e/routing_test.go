@@ -208,32 +208,35 @@ func TestRuleKinds(t *testing.T) {
 	}
 }
 
-// TestZeroDisruption: a steady stream of unmatched in-cluster requests sees no failure while a
-// first session starts, a second joins and leaves, the original Deployment rolls out, and the last
-// session ends.
+// TestZeroDisruption: steady streams of unmatched in-cluster requests (a new connection each, and
+// keep-alive connections, which the agent serves on upstream connections of their own) see no
+// failure while a first session starts, a second joins and leaves, the original Deployment rolls
+// out, and the last session ends.
 func TestZeroDisruption(t *testing.T) {
 	ns := fw.Namespace(t, nil)
 	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{Replicas: 2})
 	client := fw.ClientPod(t, ns)
 
 	var (
-		wg  sync.WaitGroup
-		sum framework.Summary
+		wg                 sync.WaitGroup
+		newConns, keptConn framework.Summary
 	)
-	wg.Add(1)
-	go func() {
+	stream := func(sum *framework.Summary, args ...string) {
 		defer wg.Done()
-		// ~40 s of requests, a new connection each, none matching anyone's rule.
+		// ~40 s of requests, none matching anyone's rule.
 		stdout, stderr, err := fw.Exec(context.Background(), ns, "client",
-			[]string{"/echo", "get", "--count", "2000", "--interval", "20ms", "--new-conn", "--timeout", "10s", echo.URL("/steady")})
+			append([]string{"/echo", "get", "--count", "2000", "--interval", "20ms", "--timeout", "10s"}, args...))
 		if err != nil {
-			t.Errorf("steady stream: %v %s", err, stderr)
+			t.Errorf("steady stream %v: %v %s", args, err, stderr)
 			return
 		}
-		if err := json.Unmarshal([]byte(stdout), &sum); err != nil {
-			t.Errorf("steady stream output %q: %v", stdout, err)
+		if err := json.Unmarshal([]byte(stdout), sum); err != nil {
+			t.Errorf("steady stream %v output %q: %v", args, stdout, err)
 		}
-	}()
+	}
+	wg.Add(2)
+	go stream(&newConns, "--new-conn", echo.URL("/steady"))
+	go stream(&keptConn, echo.URL("/kept"))
 	time.Sleep(2 * time.Second)
 	a, b := startNamedApp(t, "a"), startNamedApp(t, "b")
 	first := startIntercept(t, ns, "svc/echo", "--to", a.Addr, "--header", "x-owner=a")
@@ -249,9 +252,15 @@ func TestZeroDisruption(t *testing.T) {
 	first.Signal(syscall.SIGINT)
 	first.Wait(30 * time.Second)
 	wg.Wait()
-	t.Logf("steady stream: %d requests, %d failed, answered by %v", sum.OK+sum.Failed, sum.Failed, sum.Pods)
-	if sum.OK == 0 || sum.Failed != 0 {
-		t.Fatalf("unmatched requests failed during the sessions and the rollout: %d of %d: %v", sum.Failed, sum.OK+sum.Failed, sum.Errors)
+	for _, s := range []struct {
+		name string
+		sum  framework.Summary
+	}{{"new connection per request", newConns}, {"keep-alive", keptConn}} {
+		t.Logf("steady stream, %s: %d requests, %d failed, answered by %v", s.name, s.sum.OK+s.sum.Failed, s.sum.Failed, s.sum.Pods)
+		if s.sum.OK == 0 || s.sum.Failed != 0 {
+			t.Errorf("unmatched requests (%s) failed during the sessions and the rollout: %d of %d: %v",
+				s.name, s.sum.Failed, s.sum.OK+s.sum.Failed, s.sum.Errors)
+		}
 	}
 }
 

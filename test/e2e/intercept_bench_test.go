@@ -145,18 +145,7 @@ func BenchmarkInterceptPaths(b *testing.B) {
 		b.ReportMetric(s.MBps, "MB/s")
 	})
 	b.Run("b-kubectl-port-forward/bulk", func(b *testing.B) {
-		t0 := time.Now()
-		var total int64
-		for i := 0; i < 3; i++ {
-			resp, err := http.Get(kpf + "/bulk?bytes=" + size)
-			if err != nil {
-				b.Fatal(err)
-			}
-			n, _ := io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			total += n
-		}
-		b.ReportMetric(float64(total)/1e6/time.Since(t0).Seconds(), "MB/s")
+		b.ReportMetric(localBulk(b, kpf+"/bulk?bytes="+size, 3), "MB/s")
 	})
 
 	// Upload: the same volume the other way, so each path's bytes also cross the port-forward in
@@ -172,6 +161,45 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	})
 	b.Run("b-kubectl-port-forward/upload", func(b *testing.B) {
 		b.ReportMetric(localUpload(b, kpf+"/sink", 3, 256<<20), "MB/s")
+	})
+
+	// The ratios again, from interleaved rounds: the machine's speed drifts within a run (a
+	// figure taken in a slow minute looks worse than it is), so each round measures (a) and (b)
+	// back to back, in alternating order, and the reported ratio is the median of the rounds'.
+	var ratios struct {
+		once                sync.Once
+		keepalive, new, blk float64
+	}
+	b.Run("interleaved-ratios", func(b *testing.B) {
+		ratios.once.Do(func() {
+			const rounds, requests = 5, 100
+			count := strconv.Itoa(requests)
+			var ka, nc, bk []float64
+			for r := range rounds {
+				pair := func(a, bb func() float64) float64 {
+					if r%2 == 0 {
+						x := a()
+						return x / bb()
+					}
+					y := bb()
+					return a() / y
+				}
+				ka = append(ka, pair(
+					func() float64 { return client.Get(b, service+"/k", "--count", count).P50Ms },
+					func() float64 { p50, _ := localPercentiles(b, kpf+"/k", false, requests); return p50 }))
+				nc = append(nc, pair(
+					func() float64 { return client.Get(b, service+"/n", "--count", count, "--new-conn").P50Ms },
+					func() float64 { p50, _ := localPercentiles(b, kpf+"/n", true, requests); return p50 }))
+				bk = append(bk, pair(
+					func() float64 { return client.Get(b, service+"/bulk?bytes="+size, "--count", "1", bulk).MBps },
+					func() float64 { return localBulk(b, kpf+"/bulk?bytes="+size, 1) }))
+				b.Logf("round %d, (a)/(b): keep-alive %.2f×, new connection %.2f×, bulk %.2f×", r+1, ka[r], nc[r], bk[r])
+			}
+			ratios.keepalive, ratios.new, ratios.blk = median(ka), median(nc), median(bk)
+		})
+		b.ReportMetric(ratios.keepalive, "keepalive-a/b")
+		b.ReportMetric(ratios.new, "newconn-a/b")
+		b.ReportMetric(ratios.blk, "bulk-a/b")
 	})
 
 	// The agent's memory: idle after the transfers, then holding 1000 connections that are all
@@ -249,9 +277,17 @@ func (zeroes) Read(p []byte) (int, error) {
 
 // localLatency sends b.N sequential requests from this machine and reports p50/p99.
 func localLatency(b *testing.B, url string, newConn bool) {
+	p50, p99 := localPercentiles(b, url, newConn, b.N)
+	b.ReportMetric(p50, "p50-ms")
+	b.ReportMetric(p99, "p99-ms")
+}
+
+// localPercentiles sends n small requests from this machine and returns their p50 and p99 in ms.
+func localPercentiles(b *testing.B, url string, newConn bool, n int) (p50, p99 float64) {
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: newConn}, Timeout: 30 * time.Second}
-	lat := make([]time.Duration, 0, b.N)
-	for i := 0; i < b.N; i++ {
+	defer c.CloseIdleConnections()
+	lat := make([]time.Duration, 0, n)
+	for range n {
 		t0 := time.Now()
 		resp, err := c.Get(url)
 		if err != nil {
@@ -263,8 +299,23 @@ func localLatency(b *testing.B, url string, newConn bool) {
 	}
 	slices.Sort(lat)
 	ms := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
-	b.ReportMetric(ms(0.5), "p50-ms")
-	b.ReportMetric(ms(0.99), "p99-ms")
+	return ms(0.5), ms(0.99)
+}
+
+// localBulk downloads url count times from this machine and returns MB/s.
+func localBulk(b *testing.B, url string, count int) float64 {
+	t0 := time.Now()
+	var total int64
+	for range count {
+		resp, err := http.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		total += n
+	}
+	return float64(total) / 1e6 / time.Since(t0).Seconds()
 }
 
 // watchInterceptStart records when the agent pod, its readiness, the selector switch and the

@@ -25,8 +25,7 @@ import (
 // live rules.
 func BenchmarkRouting(b *testing.B) {
 	ns := fw.Namespace(b, nil)
-	// The second port is never intercepted: through it, the agent only relays bytes, which is
-	// the floor of any request that passes through the agent.
+	// The second port is the byte relay's (nobody intercepts it).
 	fw.DeployEcho(b, ns, "echo", framework.EchoOptions{SecondPort: true})
 	client := fw.ClientPod(b, ns)
 	ctx := context.Background()

@@ -134,7 +134,7 @@ func NewCmdIntercept(f cmdutil.Factory, streams genericiooptions.IOStreams) *cob
 	fl.StringVar(&o.Protocol, "protocol", o.Protocol, "The port's protocol when its name and appProtocol do not tell: http or tcp.")
 	fl.StringVar(&o.Image, "image", o.Image, "Agent image (default: the release image of this plugin version, or $KUBECTL_BRIDGE_AGENT_IMAGE).")
 	fl.StringArrayVar(&o.ImagePullSecrets, "image-pull-secret", nil, "Secret in the namespace to pull the agent image with (repeatable).")
-	fl.StringVar(&o.AgentResources, "agent-resources", o.AgentResources, "Agent container requests and limits, e.g. cpu=100m,memory=64Mi.")
+	fl.StringVar(&o.AgentResources, "agent-resources", o.AgentResources, "Agent container resources, e.g. cpu=100m,memory=64Mi: cpu is requested (the agent runs on that many cores, rounded up; 1 when not set), memory is requested and the limit.")
 	fl.DurationVar(&o.AgentDeadline, "agent-deadline", o.AgentDeadline, "Longest life of the agent (its Job's activeDeadlineSeconds), a last-resort backstop.")
 	fl.DurationVar(&o.IdleGrace, "idle-grace", o.IdleGrace, "How long the agent waits after the last session died before it restores the Service.")
 	fl.StringVar(&o.ServiceAccount, "service-account", o.ServiceAccount, "Run the agent as this admin-installed ServiceAccount instead of creating one with its Role (see 'kubectl bridge doctor --print-rbac').")

@@ -26,6 +26,8 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel/tunneltest"
 )
 
 // ca is a throw-away certificate authority.
@@ -370,20 +372,7 @@ func TestSubjectFor(t *testing.T) {
 // TestUnresponsiveServer: a server that accepts connections but never answers
 // fails reachability within the timeout instead of hanging doctor.
 func TestUnresponsiveServer(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { _ = c.Close() })
-		}
-	}()
+	ln := tunneltest.Silent(t)
 	fx := newFixture(t)
 	fx.server = "https://" + ln.Addr().String()
 	start := time.Now()

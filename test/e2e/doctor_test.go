@@ -21,6 +21,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel/tunneltest"
 	"github.com/kubectl-bridge/kubectl-bridge/test/e2e/framework"
 )
 
@@ -149,20 +150,7 @@ func TestDoctorUnreachableServer(t *testing.T) {
 		return ln.Addr().String()
 	}()
 	// Accepts TCP connections and never answers: the case that hangs naive clients.
-	silent, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = silent.Close() })
-	go func() {
-		for {
-			c, err := silent.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { _ = c.Close() })
-		}
-	}()
+	silent := tunneltest.Silent(t)
 
 	for name, addr := range map[string]string{"closed port": closed, "silent server": silent.Addr().String()} {
 		t.Run(name, func(t *testing.T) {

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,18 +51,7 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	service := "http://" + net.JoinHostPort(svc.Spec.ClusterIP, "80")
 
 	// The developer's process: the same echo app, on loopback.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	local := ln.Addr().String()
-	ln.Close()
-	app := exec.Command(fw.BinDir+"/echo", "serve", "--listen", local)
-	app.Env = append(os.Environ(), "POD_NAME=laptop")
-	if err := app.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
+	local := startLocalEcho(b, "laptop")
 
 	kpf, ok := kubectlBinaryPortForward(b, ns, pod)
 	if !ok {
@@ -115,19 +103,7 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	b.Logf("CLI said: %s", strings.TrimSpace(o+e))
 	b.Logf("agent memory cold idle (sessions attached, no traffic yet): %s", agentMemory(b, ns, "echo"))
 
-	inCluster := func(name, url string, args ...string) {
-		b.Run(name, func(b *testing.B) {
-			s := client.Get(b, url, append([]string{"--count", strconv.Itoa(b.N)}, args...)...)
-			if s.Failed > 0 {
-				b.Fatalf("%d failed: %v", s.Failed, s.Errors)
-			}
-			b.ReportMetric(s.P50Ms, "p50-ms")
-			b.ReportMetric(s.P99Ms, "p99-ms")
-			if s.Bytes > 1<<20 {
-				b.ReportMetric(s.MBps, "MB/s")
-			}
-		})
-	}
+	inCluster := func(name, url string, args ...string) { inClusterBench(b, client, name, url, args...) }
 	inCluster("a-agent-tunnel/keepalive", service+"/k")
 	inCluster("a-agent-tunnel/newconn", service+"/n", "--new-conn")
 	inCluster("c-direct-pod/keepalive", direct+"/k")
@@ -276,6 +252,22 @@ func (zeroes) Read(p []byte) (int, error) {
 }
 
 // localLatency sends b.N sequential requests from this machine and reports p50/p99.
+// inClusterBench runs sub-benchmark name: b.N requests from the in-cluster client to url,
+// reporting p50/p99 (and MB/s when more than 1 MiB moved); any failed request fails it.
+func inClusterBench(b *testing.B, client *framework.Client, name, url string, args ...string) {
+	b.Run(name, func(b *testing.B) {
+		s := client.Get(b, url, append([]string{"--count", strconv.Itoa(b.N)}, args...)...)
+		if s.Failed > 0 {
+			b.Fatalf("%d failed: %v", s.Failed, s.Errors)
+		}
+		b.ReportMetric(s.P50Ms, "p50-ms")
+		b.ReportMetric(s.P99Ms, "p99-ms")
+		if s.Bytes > 1<<20 {
+			b.ReportMetric(s.MBps, "MB/s")
+		}
+	})
+}
+
 func localLatency(b *testing.B, url string, newConn bool) {
 	p50, p99 := localPercentiles(b, url, newConn, b.N)
 	b.ReportMetric(p50, "p50-ms")

@@ -6,9 +6,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -45,24 +42,8 @@ func BenchmarkRouting(b *testing.B) {
 	direct := "http://" + net.JoinHostPort(p.Status.PodIP, "8080")
 	otherPort := "http://" + net.JoinHostPort(svc.Spec.ClusterIP, "8081")
 
-	local := freeLocalAddr(b)
-	app := exec.Command(fw.BinDir+"/echo", "serve", "--listen", local)
-	app.Env = append(os.Environ(), "POD_NAME=laptop")
-	if err := app.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
-
-	latency := func(name, url string, args ...string) {
-		b.Run(name, func(b *testing.B) {
-			s := client.Get(b, url, append([]string{"--count", strconv.Itoa(b.N)}, args...)...)
-			if s.Failed > 0 {
-				b.Fatalf("%d failed: %v", s.Failed, s.Errors)
-			}
-			b.ReportMetric(s.P50Ms, "p50-ms")
-			b.ReportMetric(s.P99Ms, "p99-ms")
-		})
-	}
+	local := startLocalEcho(b, "laptop")
+	latency := func(name, url string, args ...string) { inClusterBench(b, client, name, url, args...) }
 	latency("direct-pod", direct+"/d")
 
 	steal := fw.StartBridge(b, "intercept", "-n", ns, "svc/echo", "--port", "http", "--to", local)

@@ -275,13 +275,7 @@ func TestRoutingProtocols(t *testing.T) {
 	h2 := startNamedApp(t, "h2")
 	startIntercept(t, ns, "svc/echo", "--to", h2.Addr, "--header", "x-owner=h2")
 	// The developer's WebSocket-speaking app: the echo app itself, run locally.
-	wsAddr := freeLocalAddr(t)
-	app := exec.Command(fw.BinDir+"/echo", "serve", "--listen", wsAddr)
-	app.Env = append(os.Environ(), "POD_NAME=laptop-ws")
-	if err := app.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
+	wsAddr := startLocalEcho(t, "laptop-ws")
 	startIntercept(t, ns, "svc/echo", "--to", wsAddr, "--header", "x-owner=ws")
 	waitRoute(t, client, echo.URL("/h2"), "h2", "-H", "x-owner=h2")
 
@@ -366,6 +360,20 @@ func agentPod(t testing.TB, ns, service string) corev1.Pod {
 		t.Fatalf("agent pod of %s: %v", service, err)
 	}
 	return pods.Items[0]
+}
+
+// startLocalEcho runs the echo app on this machine as a developer's process answering as
+// podName (HTTP/1.1, h2c, WebSocket and gRPC), and returns its address.
+func startLocalEcho(t testing.TB, podName string) string {
+	t.Helper()
+	addr := freeLocalAddr(t)
+	app := exec.Command(fw.BinDir+"/echo", "serve", "--listen", addr)
+	app.Env = append(os.Environ(), "POD_NAME="+podName)
+	if err := app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
+	return addr
 }
 
 func freeLocalAddr(t testing.TB) string {

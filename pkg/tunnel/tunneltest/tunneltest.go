@@ -1,5 +1,5 @@
-// Package tunneltest holds the loopback TCP servers that the tunnel and agent tests use to stand
-// for the original pods and the developer's app.
+// Package tunneltest holds the loopback TCP servers that tests use to stand for the original
+// pods, the developer's app, or a server that never answers.
 package tunneltest
 
 import (
@@ -30,6 +30,13 @@ func Serve(t testing.TB, handle func(net.Conn)) net.Listener {
 		}
 	}()
 	return ln
+}
+
+// Silent accepts connections and never answers nor closes them until the test ends: the server
+// that hangs naive clients.
+func Silent(t testing.TB) net.Listener {
+	t.Helper()
+	return Serve(t, func(net.Conn) { <-t.Context().Done() })
 }
 
 // Echo copies back whatever it reads.

@@ -393,7 +393,15 @@ func (a *sessionAuth) Authenticate(ctx context.Context, id, token string) error 
 // the connection dies, and detaches the session.
 func (s *Server) serveTunnel(conn net.Conn) {
 	log := s.log.With("tunnel", conn.RemoteAddr().String())
-	mux, err := tunnel.ServerSession(conn, s.log)
+	// A port-forward starts the tunnel at once; the API server's pods/proxy with an HTTP upgrade.
+	tc, err := tunnel.Accept(conn, s.cfg.HandshakeTimeout)
+	if err != nil {
+		s.metrics.handshakes.WithLabelValues("error").Inc()
+		log.Warn("tunnel connection refused", "err", err)
+		_ = conn.Close()
+		return
+	}
+	mux, err := tunnel.ServerSession(tc, s.log)
 	if err != nil {
 		_ = conn.Close()
 		log.Error("start tunnel session", "err", err)

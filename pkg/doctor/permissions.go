@@ -48,9 +48,19 @@ type rule struct {
 //     needs them too, and RBAC only lets users grant what they hold.
 //   - pods, pods/portforward: the tunnel (WebSocket upgrades are authorized as
 //     "get" on servers before 1.35, SPDY as "create").
+//   - pods/proxy: intercept's tunnel through the API server's pod proxy, which
+//     skips the kubelet and the runtime (without it, intercept uses the
+//     port-forward; with --tunnel proxy it is required).
 //   - deployments, statefulsets: forward deploy/NAME and sts/NAME targets.
-//   - jobs, serviceaccounts, roles, rolebindings: the agent and its identity.
-//   - events: granted to the agent, which records selector repairs.
+//   - jobs, serviceaccounts, roles, rolebindings: the agent and its identity;
+//     each is read before it is deleted (only objects labelled as ours are);
+//     the Job is created suspended and patched to start once its RBAC exists.
+//   - events (both API groups): granted to the agent, which records selector
+//     repairs. RBAC lets a user grant only what they hold, so every rule of
+//     objects.AgentRules is in this table too (a test keeps it so). Listing
+//     them is how intercept says why an agent did not start.
+//   - configmaps, secrets: intercept --env-file and '-- COMMAND' resolve the
+//     workload's environment references.
 func table() []rule {
 	fwd, icp, lst, cln := "forward", "intercept", "list", "clean"
 	return []rule{
@@ -64,15 +74,22 @@ func table() []rule {
 		{"discovery.k8s.io", "endpointslices", "", []string{"get", "list", "watch"}, []string{fwd, icp}},
 		{"", "pods", "", []string{"get", "list", "watch"}, []string{fwd, icp}},
 		{"", "pods", "portforward", []string{"get", "create"}, []string{fwd, icp}},
+		{"", "pods", "proxy", []string{"get"}, []string{icp}},
 		{"apps", "deployments", "", []string{"get"}, []string{fwd}},
 		{"apps", "statefulsets", "", []string{"get"}, []string{fwd}},
 		{"batch", "jobs", "", []string{"get", "list", "watch"}, []string{icp, cln}},
-		{"batch", "jobs", "", []string{"create"}, []string{icp}},
+		{"batch", "jobs", "", []string{"create", "patch"}, []string{icp}},
 		{"batch", "jobs", "", []string{"delete"}, []string{icp, cln}},
-		{"", "serviceaccounts", "", []string{"create", "delete"}, []string{icp}},
-		{"rbac.authorization.k8s.io", "roles", "", []string{"create", "delete"}, []string{icp}},
-		{"rbac.authorization.k8s.io", "rolebindings", "", []string{"create", "delete"}, []string{icp}},
-		{"", "events", "", []string{"create"}, []string{icp}},
+		{"", "serviceaccounts", "", []string{"create"}, []string{icp}},
+		{"", "serviceaccounts", "", []string{"get", "delete"}, []string{icp, cln}},
+		{"rbac.authorization.k8s.io", "roles", "", []string{"create"}, []string{icp}},
+		{"rbac.authorization.k8s.io", "roles", "", []string{"get", "delete"}, []string{icp, cln}},
+		{"rbac.authorization.k8s.io", "rolebindings", "", []string{"create"}, []string{icp}},
+		{"rbac.authorization.k8s.io", "rolebindings", "", []string{"get", "delete"}, []string{icp, cln}},
+		{"", "events", "", []string{"create", "patch", "list"}, []string{icp}},
+		{"events.k8s.io", "events", "", []string{"create", "patch"}, []string{icp}},
+		{"", "configmaps", "", []string{"get"}, []string{icp}},
+		{"", "secrets", "", []string{"get"}, []string{icp}},
 	}
 }
 

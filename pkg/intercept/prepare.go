@@ -69,6 +69,9 @@ type Config struct {
 	ServiceAccount string
 	// Timeout bounds the wait for the agent to become Ready.
 	Timeout time.Duration
+	// Tunnel is how the CLI reaches the agent: TransportAuto (""), TransportProxy or
+	// TransportPortForward. It decides which permission the preflight requires.
+	Tunnel string
 
 	// User, Host and Version describe the session in its Lease.
 	User, Host, Version string
@@ -189,8 +192,8 @@ func portName(sp corev1.ServicePort) string {
 	return strconv.Itoa(int(sp.Port))
 }
 
-// interceptPermissions are what the CLI itself does for an intercept; the agent's RBAC objects
-// only when the CLI creates them.
+// interceptPermissions are what the CLI itself does for an intercept (the agent's identity aside:
+// identityPermissions).
 func (p *Plan) interceptPermissions() []authorizationv1.ResourceAttributes {
 	ns := p.cfg.Namespace
 	attrs := []authorizationv1.ResourceAttributes{
@@ -201,21 +204,62 @@ func (p *Plan) interceptPermissions() []authorizationv1.ResourceAttributes {
 		{Verb: "create", Resource: "services"},
 		{Verb: "delete", Resource: "services"},
 		{Verb: "create", Group: "batch", Resource: "jobs"},
+		// The Job is created suspended and started once its RBAC exists.
+		{Verb: "patch", Group: "batch", Resource: "jobs"},
 		{Verb: "delete", Group: "batch", Resource: "jobs"},
-		{Verb: "create", Resource: "pods", Subresource: "portforward"},
 		// The CLI watches the agent's pods and the Service's EndpointSlices while it starts.
 		{Verb: "watch", Resource: "pods"},
 		{Verb: "watch", Group: "discovery.k8s.io", Resource: "endpointslices"},
 	}
+	// The tunnel: auto needs the port-forward it falls back to; pods/proxy is then a bonus.
+	if p.cfg.Tunnel == TransportProxy {
+		attrs = append(attrs, authorizationv1.ResourceAttributes{Verb: "get", Resource: "pods", Subresource: "proxy"})
+	} else {
+		attrs = append(attrs, authorizationv1.ResourceAttributes{Verb: "create", Resource: "pods", Subresource: "portforward"})
+	}
+	for i := range attrs {
+		attrs[i].Namespace = ns
+	}
+	return attrs
+}
+
+// identityPermissions are what creating the agent's ServiceAccount, Role and RoleBinding takes;
+// none when an admin installed the agent's identity (--service-account).
+func (p *Plan) identityPermissions() []authorizationv1.ResourceAttributes {
+	var attrs []authorizationv1.ResourceAttributes
 	if p.cfg.ServiceAccount == "" {
 		attrs = append(attrs,
 			authorizationv1.ResourceAttributes{Verb: "create", Resource: "serviceaccounts"},
 			authorizationv1.ResourceAttributes{Verb: "create", Group: "rbac.authorization.k8s.io", Resource: "roles"},
 			authorizationv1.ResourceAttributes{Verb: "create", Group: "rbac.authorization.k8s.io", Resource: "rolebindings"},
+			// Undoing a failed start reads each of them before deleting it.
+			authorizationv1.ResourceAttributes{Verb: "get", Resource: "serviceaccounts"},
+			authorizationv1.ResourceAttributes{Verb: "get", Group: "rbac.authorization.k8s.io", Resource: "roles"},
+			authorizationv1.ResourceAttributes{Verb: "get", Group: "rbac.authorization.k8s.io", Resource: "rolebindings"},
 		)
+		// RBAC lets the user grant the agent only what they hold themselves: without this check
+		// the refusal would come after the agent's Job exists.
+		for _, rule := range objects.AgentRules(p.svc.Name) {
+			names := rule.ResourceNames
+			if len(names) == 0 {
+				names = []string{""}
+			}
+			for _, g := range rule.APIGroups {
+				for _, r := range rule.Resources {
+					for _, v := range rule.Verbs {
+						for _, n := range names {
+							a := authorizationv1.ResourceAttributes{Verb: v, Group: g, Resource: r, Name: n}
+							if !slices.Contains(attrs, a) {
+								attrs = append(attrs, a)
+							}
+						}
+					}
+				}
+			}
+		}
 	}
 	for i := range attrs {
-		attrs[i].Namespace = ns
+		attrs[i].Namespace = p.cfg.Namespace
 	}
 	return attrs
 }
@@ -224,6 +268,8 @@ func (p *Plan) checkPermissions(ctx context.Context) error {
 	// One review per permission, all at once: on a remote cluster a dozen sequential round trips
 	// would be most of the start-up time.
 	attrs := p.interceptPermissions()
+	base := len(attrs)
+	attrs = append(attrs, p.identityPermissions()...)
 	allowed := make([]bool, len(attrs))
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range attrs {
@@ -241,14 +287,19 @@ func (p *Plan) checkPermissions(ctx context.Context) error {
 		return err
 	}
 	var missing []string
+	identity := false
 	for i, a := range attrs {
 		if !allowed[i] {
+			identity = identity || i >= base
 			res := a.Resource
 			if a.Group != "" {
 				res += "." + a.Group
 			}
 			if a.Subresource != "" {
 				res += "/" + a.Subresource
+			}
+			if a.Name != "" {
+				res += " " + a.Name
 			}
 			missing = append(missing, a.Verb+" "+res)
 		}
@@ -257,7 +308,7 @@ func (p *Plan) checkPermissions(ctx context.Context) error {
 		return nil
 	}
 	next := fmt.Sprintf("ask a namespace admin to apply 'kubectl bridge doctor --print-rbac -n %s'", p.cfg.Namespace)
-	if p.cfg.ServiceAccount == "" && slices.ContainsFunc(missing, func(s string) bool { return strings.Contains(s, "rbac") || strings.Contains(s, "serviceaccounts") }) {
+	if identity {
 		next += ", or to install the agent's ServiceAccount once ('kubectl bridge doctor --print-rbac') and pass --service-account NAME"
 	}
 	return fmt.Errorf("you may not %s in namespace %q, which intercept needs: %s", strings.Join(missing, ", "), p.cfg.Namespace, next)

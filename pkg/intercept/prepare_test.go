@@ -18,14 +18,15 @@ import (
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
 )
 
-// fakeCluster answers SelfSubjectAccessReviews with allow (or deny for the listed resources).
+// fakeCluster answers SelfSubjectAccessReviews with allow (or deny for the listed resources, or
+// resource/subresource).
 func fakeCluster(deny []string, objs ...runtime.Object) *fake.Clientset {
 	c := fake.NewClientset(objs...)
 	c.PrependReactor("create", "selfsubjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		r := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SelfSubjectAccessReview)
 		r.Status.Allowed = true
 		for _, d := range deny {
-			if r.Spec.ResourceAttributes.Resource == d {
+			if ra := r.Spec.ResourceAttributes; ra.Resource == d || ra.Resource+"/"+ra.Subresource == d {
 				r.Status.Allowed = false
 			}
 		}
@@ -77,6 +78,12 @@ func TestPrepareRefusals(t *testing.T) {
 		{"unknown port", Config{Service: "api", Port: "81"}, nil, []runtime.Object{svc("api", nil)}, `has no port "81"`},
 		{"named target port unresolved", Config{Service: "api", Port: "http"}, nil, []runtime.Object{svc("api", nil)}, `targets the named port "http", but no pod`},
 		{"no rbac rights", Config{Service: "api", Port: "http"}, []string{"roles"}, []runtime.Object{svc("api", nil), pod("api")}, "pass --service-account NAME"},
+		// The agent's Role may only grant what the user holds (here the agent's Events).
+		{"agent's rules not held", Config{Service: "api", Port: "http"}, []string{"events"}, []runtime.Object{svc("api", nil), pod("api")},
+			"you may not create events, patch events, create events.events.k8s.io, patch events.events.k8s.io in namespace \"dev\", which intercept needs: ask a namespace admin to apply 'kubectl bridge doctor --print-rbac -n dev', or to install the agent's ServiceAccount once"},
+		{"agent's service by name", Config{Service: "api", Port: "http"}, []string{"services"}, []runtime.Object{svc("api", nil), pod("api")}, "patch services api"},
+		{"proxy tunnel without pods/proxy", Config{Service: "api", Port: "http", Tunnel: TransportProxy}, []string{"pods/proxy"}, []runtime.Object{svc("api", nil), pod("api")},
+			"you may not get pods/proxy in namespace \"dev\", which intercept needs: ask a namespace admin to apply 'kubectl bridge doctor --print-rbac -n dev'"},
 		{"steal conflict", Config{Service: "api", Port: "http", Mode: tunnel.ModeSteal}, nil, []runtime.Object{svc("api", nil), pod("api"), liveSteal}, "is already intercepted (steal) by bob on box in session other001"},
 	}
 	for _, tc := range cases {

@@ -16,14 +16,10 @@ import (
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
 )
 
-// PodDialer opens a connection to a pod's port through the API server (a port-forward stream).
-type PodDialer interface {
-	Dial(ctx context.Context, pod portforward.PodRef, port int32) (*portforward.Stream, error)
-}
-
-// RunConfig wires Run to the terminal and the port-forward.
+// RunConfig wires Run to the terminal and the API server.
 type RunConfig struct {
-	Dialer PodDialer
+	// Dial opens a connection to a pod's port through the API server (TunnelDialer.Dial).
+	Dial DialFunc
 	// OnStream is told about every intercepted connection (for the live output).
 	OnStream func(tunnel.StreamEvent)
 	// OnState is told about tunnel state changes (connected, reconnecting).
@@ -34,7 +30,7 @@ type RunConfig struct {
 // ErrEnded is returned by Run when the session was ended from elsewhere (its Lease deleted).
 var ErrEnded = errStopped
 
-// Run attaches the session to the agent through a port-forward to its control port and delivers
+// Run attaches the session to the agent through a connection to its control port and delivers
 // intercepted connections to the local target, reconnecting by itself when the tunnel drops
 // (agent restarted, network blip), until ctx ends (nil), the agent refuses the session
 // (*tunnel.RefusedError) or the session's Lease is deleted (ErrEnded).
@@ -57,7 +53,7 @@ func (i *Intercept) Run(ctx context.Context, rc RunConfig) error {
 			if err != nil {
 				return nil, err
 			}
-			return rc.Dialer.Dial(ctx, portforward.PodRef{Namespace: pod.Namespace, Name: pod.Name}, p.params.ControlPort)
+			return rc.Dial(ctx, portforward.PodRef{Namespace: pod.Namespace, Name: pod.Name}, p.params.ControlPort)
 		},
 	})
 	if err != nil {
@@ -81,16 +77,17 @@ type Closed struct {
 
 // Close ends the session: its Lease is deleted and, when no other live session uses the Service's
 // agent, the Service is restored first (the original pods serve new connections at once), then
-// the agent, its RBAC and the shadow Service are deleted.
+// the agent, its RBAC and the shadow Service are deleted. Its errors say how to finish the job.
 func (i *Intercept) Close(ctx context.Context, out io.Writer) (Closed, error) {
 	p := i.plan
 	start := time.Now()
+	undo := fmt.Sprintf("run 'kubectl bridge clean svc/%s -n %s'", p.svc.Name, p.cfg.Namespace)
 	if err := i.sess.Delete(ctx); err != nil {
-		return Closed{}, err
+		return Closed{}, fmt.Errorf("%w (%s)", err, undo)
 	}
 	infos, err := session.List(ctx, p.cfg.Client.CoordinationV1(), p.cfg.Namespace, session.KindIntercept)
 	if err != nil {
-		return Closed{}, err
+		return Closed{}, fmt.Errorf("%w (%s)", err, undo)
 	}
 	now := time.Now()
 	live := 0
@@ -104,7 +101,6 @@ func (i *Intercept) Close(ctx context.Context, out io.Writer) (Closed, error) {
 		return Closed{}, nil
 	}
 	acts := cleanup.ServiceTeardown(inventory.ServiceKey{Namespace: p.cfg.Namespace, Name: p.svc.Name}, nil)
-	undo := fmt.Sprintf("run 'kubectl bridge clean svc/%s -n %s'", p.svc.Name, p.cfg.Namespace)
 	// ServiceTeardown puts the restore first.
 	if err := cleanup.Execute(ctx, p.cfg.Client, acts[:1], false, io.Discard); err != nil {
 		return Closed{}, fmt.Errorf("restore service %s: %w (%s)", p.svc.Name, err, undo)

@@ -75,7 +75,7 @@ func (p *Plan) Start(ctx context.Context, progress io.Writer) (_ *Intercept, err
 			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if _, cerr := i.Close(cctx, io.Discard); cerr != nil {
-				err = fmt.Errorf("%w; cleaning up also failed: %v (run 'kubectl bridge clean svc/%s -n %s')", err, cerr, p.svc.Name, p.cfg.Namespace)
+				err = fmt.Errorf("%w; cleaning up also failed: %v", err, cerr)
 			}
 		}
 	}()

@@ -171,6 +171,11 @@ func TestStreamErrorKeepsOtherStreams(t *testing.T) {
 	}
 	io.WriteString(reset, "RESET\n")
 	io.ReadAll(reset)
+	// The kubelet's error message for the reset retires the connection; closing the stream before
+	// it arrived would leave that to chance.
+	if err := reset.RemoteError(5 * time.Second); err == nil {
+		t.Error("RemoteError = nil, want the reset")
+	}
 	reset.Close()
 
 	if got := roundTrip(t, long, lr, "after"); got != "a:after" {

@@ -36,13 +36,22 @@ func ClientSession(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
 // written together with the next Write. Every other frame goes out as it comes.
 type coalescedConn struct {
 	net.Conn
+	tcp     *net.TCPConn // the TCP connection under Conn (the agent's end), for writev; or nil
 	mu      sync.Mutex
 	pending []byte // a held data header, or nil
 	buf     []byte // reused for the held header and for joining it with its body
 }
 
 func coalesce(conn net.Conn) net.Conn {
-	return &coalescedConn{Conn: conn}
+	c := &coalescedConn{Conn: conn}
+	switch tc := conn.(type) {
+	case *net.TCPConn:
+		c.tcp = tc
+	case *replayConn:
+		// Only reads go through replayConn.
+		c.tcp, _ = tc.Conn.(*net.TCPConn)
+	}
+	return c
 }
 
 func (c *coalescedConn) Write(p []byte) (int, error) {
@@ -57,13 +66,15 @@ func (c *coalescedConn) Write(p []byte) (int, error) {
 	}
 	header := c.pending
 	c.pending = nil
-	if _, ok := c.Conn.(*net.TCPConn); ok {
-		// One writev, no copy (the agent's end: the kubelet's connection into the pod).
+	if c.tcp != nil {
+		// One writev, no copy (the agent's end: the runtime's or the API server's connection
+		// into the pod).
 		bufs := net.Buffers{header, p}
-		n, err := bufs.WriteTo(c.Conn)
+		n, err := bufs.WriteTo(c.tcp)
 		return max(int(n)-yamuxHeaderSize, 0), err
 	}
-	// The CLI's end is a port-forward stream: one Write is one SPDY frame. The joined buffer is
+	// The CLI's end is a port-forward stream, where one Write is one SPDY frame, or a TLS
+	// connection to the API server, where it is one record instead of two. The joined buffer is
 	// kept for the next frame; it is at most a stream window (StreamWindow) plus a header.
 	c.buf = append(header, p...)
 	n, err := c.Conn.Write(c.buf)

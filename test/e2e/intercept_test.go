@@ -19,11 +19,14 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/doctor"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/podproxy"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
 	"github.com/kubectl-bridge/kubectl-bridge/test/e2e/framework"
@@ -358,14 +361,7 @@ func TestInterceptTeardownPaths(t *testing.T) {
 		waitLaptop(t, client, echo)
 
 		// The agent pod is deleted: the Job replaces it and the session resumes by itself.
-		pods, err := fw.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubectl-bridge.io/component=agent"})
-		if err != nil || len(pods.Items) != 1 {
-			t.Fatalf("agent pods: %v %v", pods, err)
-		}
-		if err := fw.Client.CoreV1().Pods(ns).Delete(ctx, pods.Items[0].Name, metav1.DeleteOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		p.WaitOutput("Tunnel reconnected", 90*time.Second)
+		deleteAgentPod(t, ns, p)
 		waitLaptop(t, client, echo)
 
 		p.Signal(syscall.SIGINT)
@@ -402,6 +398,21 @@ func TestInterceptTeardownPaths(t *testing.T) {
 
 // waitLaptop waits until new connections reach the laptop again (a switch has to propagate
 // through EndpointSlices and kube-proxy), then checks that a batch all do.
+// deleteAgentPod deletes the Service's agent pod and waits until the intercept p says its tunnel
+// reconnected (to the pod the Job replaced it with).
+func deleteAgentPod(t *testing.T, ns string, p *framework.Process) {
+	t.Helper()
+	ctx := context.Background()
+	pods, err := fw.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubectl-bridge.io/component=agent"})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("agent pods: %v %v", pods, err)
+	}
+	if err := fw.Client.CoreV1().Pods(ns).Delete(ctx, pods.Items[0].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitOutput("Tunnel reconnected", 90*time.Second)
+}
+
 func waitLaptop(t *testing.T, client *framework.Client, echo *framework.Echo) {
 	t.Helper()
 	err := framework.Poll(context.Background(), 60*time.Second, func(context.Context) (bool, error) {
@@ -586,27 +597,87 @@ func TestInterceptForgedAttach(t *testing.T) {
 	}
 	pool := portforward.NewPool(portforward.NewRESTDialer(fw.Config, fw.Client.CoreV1().RESTClient(), true), portforward.Options{})
 	defer pool.Close()
-	forged, err := tunnel.NewClient(tunnel.ClientConfig{
-		SessionID: id, Token: strings.Repeat("0", 64),
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			return pool.Dial(ctx, portforward.PodRef{Namespace: ns, Name: pods.Items[0].Name}, 7070)
-		},
-		Handler: tunnel.StreamHandlerFunc(func(_ context.Context, _ *tunnel.Header, s net.Conn) {
-			t.Error("the agent sent a stream to a forged session")
-			s.Close()
-		}),
-	})
+	proxy, err := podproxy.NewDialer(fw.Config, fw.Client.CoreV1().RESTClient(), tunnel.UpgradePath, tunnel.UpgradeProtocol)
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var refused *tunnel.RefusedError
-	if err := forged.Run(runCtx); !errors.As(err, &refused) || refused.Retryable {
-		t.Fatalf("forged attach: want a permanent refusal, got %v", err)
+	agent := pods.Items[0].Name
+	// The agent's port is reachable both ways the CLI uses; neither may skip the token check.
+	for transport, dial := range map[string]func(ctx context.Context) (net.Conn, error){
+		"port-forward": func(ctx context.Context) (net.Conn, error) {
+			return pool.Dial(ctx, portforward.PodRef{Namespace: ns, Name: agent}, 7070)
+		},
+		"pods/proxy": func(ctx context.Context) (net.Conn, error) { return proxy.Dial(ctx, ns, agent, 7070) },
+	} {
+		forged, err := tunnel.NewClient(tunnel.ClientConfig{
+			SessionID: id, Token: strings.Repeat("0", 64), Dial: dial,
+			Handler: tunnel.StreamHandlerFunc(func(_ context.Context, _ *tunnel.Header, s net.Conn) {
+				t.Errorf("the agent sent a stream to a forged session (%s)", transport)
+				s.Close()
+			}),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		var refused *tunnel.RefusedError
+		if err := forged.Run(runCtx); !errors.As(err, &refused) || refused.Retryable {
+			cancel()
+			t.Fatalf("forged attach over %s: want a permanent refusal, got %v", transport, err)
+		}
+		cancel()
+		t.Logf("forged attach over %s refused: %s", transport, refused.Reason)
 	}
-	t.Logf("forged attach refused: %s", refused.Reason)
 	if s := client.Get(t, echo.URL("/still-mine"), "--count", "3", "--new-conn"); fromLaptop(s) != 3 {
 		t.Fatalf("after the forged attach the real session lost its traffic: %v %v", s.Pods, s.Errors)
 	}
+}
+
+// TestInterceptTunnelWithoutPodProxy: a user who may port-forward but not use pods/proxy still
+// intercepts (the tunnel falls back to port-forward, says so, and reconnects that way after the
+// agent pod is replaced); asking for --tunnel proxy is refused before anything is created.
+func TestInterceptTunnelWithoutPodProxy(t *testing.T) {
+	ns := fw.Namespace(t, nil)
+	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
+	client := fw.ClientPod(t, ns)
+	before := snapshot(t, ns, "echo")
+	// Everything kubectl-bridge needs (what 'doctor --print-rbac' grants), minus pods/proxy.
+	var rules []rbacv1.PolicyRule
+	for _, p := range doctor.RequiredPermissions() {
+		if p.Resource == "pods" && p.Subresource == "proxy" {
+			continue
+		}
+		res := p.Resource
+		if p.Subresource != "" {
+			res += "/" + p.Subresource
+		}
+		rules = append(rules, rbacv1.PolicyRule{APIGroups: []string{p.Group}, Resources: []string{res}, Verbs: []string{p.Verb}})
+	}
+	kubeconfig := serviceAccountKubeconfig(t, ns, "no-proxy", rules)
+	app := startLocalApp(t)
+
+	res := fw.RunBridge(t, "intercept", "--kubeconfig", kubeconfig, "svc/echo", "--to", app.Addr, "--tunnel", "proxy")
+	if want := "you may not get pods/proxy"; res.ExitCode == 0 || !strings.Contains(res.Stderr, want) {
+		t.Fatalf("--tunnel proxy without pods/proxy: want a non-zero exit and %q, got exit %d, stderr:\n%s", want, res.ExitCode, res.Stderr)
+	}
+	waitRestored(t, ns, "echo", before, 30*time.Second)
+
+	p := fw.StartBridge(t, "intercept", "--kubeconfig", kubeconfig, "svc/echo", "--to", app.Addr)
+	p.WaitOutput("Tunnel connected", 90*time.Second)
+	_, stderr := p.Output()
+	for _, want := range []string{"The API server's pod proxy did not reach the agent", `cannot get resource "pods/proxy"`, "via port-forward"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	waitLaptop(t, client, echo)
+
+	deleteAgentPod(t, ns, p)
+	waitLaptop(t, client, echo)
+
+	p.Signal(syscall.SIGINT)
+	if res := p.Wait(30 * time.Second); res.ExitCode != 0 {
+		t.Fatalf("Ctrl-C: exit %d\n%s", res.ExitCode, res.Stderr)
+	}
+	waitRestored(t, ns, "echo", before, 60*time.Second)
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,6 +29,7 @@ import (
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/exitcode"
 	lib "github.com/kubectl-bridge/kubectl-bridge/pkg/intercept"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/match"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/podproxy"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/session"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
@@ -82,6 +84,7 @@ type Options struct {
 	ServiceAccount   string
 	Timeout          time.Duration
 	EnvFile          string
+	Tunnel           string
 
 	service   string
 	env       []envfile.Var
@@ -97,7 +100,7 @@ type Options struct {
 func NewOptions(streams genericiooptions.IOStreams) *Options {
 	return &Options{
 		Mode: "steal", AgentDeadline: lib.DefaultActiveDeadline, IdleGrace: lib.DefaultIdleGrace,
-		Timeout: lib.DefaultTimeout, IOStreams: streams,
+		Timeout: lib.DefaultTimeout, Tunnel: lib.TransportAuto, IOStreams: streams,
 	}
 }
 
@@ -140,7 +143,9 @@ func NewCmdIntercept(f cmdutil.Factory, streams genericiooptions.IOStreams) *cob
 	fl.StringVar(&o.ServiceAccount, "service-account", o.ServiceAccount, "Run the agent as this admin-installed ServiceAccount instead of creating one with its Role (see 'kubectl bridge doctor --print-rbac').")
 	fl.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait for the agent to become ready.")
 	fl.StringVar(&o.EnvFile, "env-file", o.EnvFile, "Write the intercepted workload's environment (ConfigMap/Secret references, envFrom and downward-API fields resolved) to this dotenv file; '-- COMMAND' gets it too.")
+	fl.StringVar(&o.Tunnel, "tunnel", o.Tunnel, "How to reach the agent: proxy (the API server's pod proxy, straight to the agent pod), port-forward (through the kubelet, as kubectl port-forward), or auto: proxy when the API server can reach the pod and you may use pods/proxy, else port-forward.")
 	_ = cmd.RegisterFlagCompletionFunc("port", completion.ServicePorts(f))
+	_ = cmd.RegisterFlagCompletionFunc("tunnel", cobra.FixedCompletions(lib.Transports, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 
@@ -233,6 +238,9 @@ func (o *Options) Validate() error {
 	if o.Timeout <= 0 || o.IdleGrace <= 0 {
 		return exitcode.Usagef("--timeout and --idle-grace must be positive")
 	}
+	if !slices.Contains(lib.Transports, o.Tunnel) {
+		return exitcode.Usagef("--tunnel %q: use %s", o.Tunnel, strings.Join(lib.Transports, ", "))
+	}
 	var mrules []session.MatchRule
 	for _, r := range rules {
 		mrules = append(mrules, session.MatchRule(r))
@@ -241,7 +249,7 @@ func (o *Options) Validate() error {
 		Client: o.client, Namespace: o.namespace, Service: o.service, Port: remote, LocalAddress: to,
 		Mode: mode, Match: mrules, Protocol: o.Protocol, Image: version.AgentImage(o.Image), ImagePullSecrets: o.ImagePullSecrets,
 		Resources: res, ActiveDeadline: o.AgentDeadline, IdleGrace: o.IdleGrace, ServiceAccount: o.ServiceAccount,
-		Timeout: o.Timeout, Version: version.Version(),
+		Timeout: o.Timeout, Tunnel: o.Tunnel, Version: version.Version(),
 	}
 	return nil
 }
@@ -360,25 +368,49 @@ func (o *Options) Run(ctx context.Context) error {
 	return runErr
 }
 
+// transportName says how the tunnel reaches the agent, for the user.
+func transportName(t string) string {
+	if t == lib.TransportProxy {
+		return "via the API server's pod proxy"
+	}
+	return "via port-forward"
+}
+
 // serve runs the tunnel and, when given, the local command; it returns when either ends.
 func (o *Options) serve(ctx context.Context, ic *lib.Intercept, started time.Time) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pool := portforward.NewPool(portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(), !cmdutil.PortForwardWebsockets.IsDisabled()), portforward.Options{})
 	defer pool.Close()
+	proxy, err := podproxy.NewDialer(o.config, o.client.CoreV1().RESTClient(), tunnel.UpgradePath, tunnel.UpgradeProtocol)
+	if err != nil {
+		return err
+	}
+	dialer := &lib.TunnelDialer{
+		Mode: o.Tunnel,
+		Proxy: func(ctx context.Context, pod portforward.PodRef, port int32) (net.Conn, error) {
+			return proxy.Dial(ctx, pod.Namespace, pod.Name, port)
+		},
+		PortForward: func(ctx context.Context, pod portforward.PodRef, port int32) (net.Conn, error) {
+			return pool.Dial(ctx, pod, port)
+		},
+		OnFallback: func(err error) {
+			fmt.Fprintf(o.ErrOut, "The API server's pod proxy did not reach the agent (%v); tunnelling through port-forward instead (--tunnel port-forward skips the attempt).\n", err)
+		},
+	}
 
 	first := true
 	admitted := make(chan struct{})
 	tunnelErr := make(chan error, 1)
 	go func() {
 		tunnelErr <- ic.Run(ctx, lib.RunConfig{
-			Dialer: pool,
+			Dial: dialer.Dial,
 			OnState: func(sc tunnel.StateChange) {
 				switch sc.State {
 				case tunnel.StateConnected:
 					if first {
 						first = false
-						fmt.Fprintf(o.ErrOut, "Tunnel connected in %.1f s; press Ctrl-C to stop.\n", time.Since(started).Seconds())
+						fmt.Fprintf(o.ErrOut, "Tunnel connected in %.1f s (%s); press Ctrl-C to stop.\n", time.Since(started).Seconds(), transportName(dialer.Last()))
 						close(admitted)
 					} else {
 						fmt.Fprintln(o.ErrOut, "Tunnel reconnected.")

@@ -5,6 +5,7 @@ package tunneltest
 import (
 	"io"
 	"net"
+	"strings"
 	"testing"
 )
 
@@ -43,4 +44,16 @@ func Silent(t testing.TB) net.Listener {
 func Echo(t testing.TB) net.Listener {
 	t.Helper()
 	return Serve(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+}
+
+// RoundTrip sends a message of n bytes on conn, half-closes it with closeWrite and fails the test
+// unless exactly the message comes back: a check that bytes cross an echoing path intact.
+func RoundTrip(t testing.TB, conn net.Conn, closeWrite func() error, n int) {
+	t.Helper()
+	msg := strings.Repeat("0123456789", n/10+1)[:n]
+	go func() { _, _ = io.WriteString(conn, msg); _ = closeWrite() }()
+	got, err := io.ReadAll(conn)
+	if err != nil || string(got) != msg {
+		t.Fatalf("echo: %d of %d bytes back, %v", len(got), n, err)
+	}
 }

@@ -494,6 +494,7 @@ func TestInterceptBadInput(t *testing.T) {
 		{"several ports, none chosen", []string{"svc/echo"}, "choose one with --port"},
 		{"bad --to", []string{"svc/echo", "--port", "http", "--to", "localhost"}, `--to "localhost" is not HOST:PORT`},
 		{"bad mode", []string{"svc/echo", "--mode", "copy"}, `--mode "copy"`},
+		{"bad tunnel", []string{"svc/echo", "--port", "http", "--tunnel", "ssh"}, `--tunnel "ssh": use auto, proxy, port-forward`},
 		{"malformed header", []string{"svc/echo", "--port", "http", "--header", "owner"}, "--header"},
 		{"invalid regex", []string{"svc/echo", "--port", "http", "--path-regex", "(["}, "--path-regex"},
 		{"image never pulls", []string{"svc/echo", "--port", "http", "--image", "ghcr.io/kubectl-bridge/does-not-exist:v0", "--timeout", "15s"}, "image pull"},

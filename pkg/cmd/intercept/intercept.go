@@ -92,6 +92,7 @@ type Options struct {
 	namespace string
 	client    kubernetes.Interface
 	config    *rest.Config
+	proxy     *podproxy.Dialer
 	cfg       lib.Config
 	genericiooptions.IOStreams
 }
@@ -180,6 +181,9 @@ func (o *Options) Complete(f cmdutil.Factory, cmd *cobra.Command, args []string)
 	}
 	if o.client, err = f.KubernetesClientSet(); err != nil {
 		return fmt.Errorf("build client: %w", err)
+	}
+	if o.proxy, err = podproxy.NewDialer(o.config, o.client.CoreV1().RESTClient(), tunnel.UpgradePath, tunnel.UpgradeProtocol); err != nil {
+		return fmt.Errorf("build the pod proxy client: %w", err)
 	}
 	return nil
 }
@@ -382,14 +386,10 @@ func (o *Options) serve(ctx context.Context, ic *lib.Intercept, started time.Tim
 	defer cancel()
 	pool := portforward.NewPool(portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(), !cmdutil.PortForwardWebsockets.IsDisabled()), portforward.Options{})
 	defer pool.Close()
-	proxy, err := podproxy.NewDialer(o.config, o.client.CoreV1().RESTClient(), tunnel.UpgradePath, tunnel.UpgradeProtocol)
-	if err != nil {
-		return err
-	}
 	dialer := &lib.TunnelDialer{
 		Mode: o.Tunnel,
 		Proxy: func(ctx context.Context, pod portforward.PodRef, port int32) (net.Conn, error) {
-			return proxy.Dial(ctx, pod.Namespace, pod.Name, port)
+			return o.proxy.Dial(ctx, pod.Namespace, pod.Name, port)
 		},
 		PortForward: func(ctx context.Context, pod portforward.PodRef, port int32) (net.Conn, error) {
 			return pool.Dial(ctx, pod, port)

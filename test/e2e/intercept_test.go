@@ -634,9 +634,10 @@ func TestInterceptForgedAttach(t *testing.T) {
 	}
 }
 
-// TestInterceptTunnelWithoutPodProxy: a user who may port-forward but not use pods/proxy still
-// intercepts (the tunnel falls back to port-forward, says so, and reconnects that way after the
-// agent pod is replaced); asking for --tunnel proxy is refused before anything is created.
+// TestInterceptTunnelWithoutPodProxy: a user who holds what 'doctor --print-rbac' grants except
+// pods/proxy still intercepts (the tunnel falls back to port-forward, says so, and reconnects that
+// way after the agent pod is replaced); asking for --tunnel proxy is refused before anything is
+// created; list, clean and forward work with those permissions too.
 func TestInterceptTunnelWithoutPodProxy(t *testing.T) {
 	ns := fw.Namespace(t, nil)
 	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
@@ -675,10 +676,19 @@ func TestInterceptTunnelWithoutPodProxy(t *testing.T) {
 
 	deleteAgentPod(t, ns, p)
 	waitLaptop(t, client, echo)
+	if list := fw.RunBridge(t, "list", "--kubeconfig", kubeconfig, "-o", "json"); list.ExitCode != 0 || !strings.Contains(list.Stdout, `"state": "active"`) {
+		t.Fatalf("list: exit %d\n%s%s", list.ExitCode, list.Stdout, list.Stderr)
+	}
 
 	p.Signal(syscall.SIGINT)
 	if res := p.Wait(30 * time.Second); res.ExitCode != 0 {
 		t.Fatalf("Ctrl-C: exit %d\n%s", res.ExitCode, res.Stderr)
 	}
 	waitRestored(t, ns, "echo", before, 60*time.Second)
+	if res := fw.RunBridge(t, "clean", "--kubeconfig", kubeconfig, "--all"); res.ExitCode != 0 || !strings.Contains(res.Stderr, "Nothing to clean") {
+		t.Fatalf("clean --all: exit %d\n%s", res.ExitCode, res.Stderr)
+	}
+	if res := fw.RunBridge(t, "forward", "--kubeconfig", kubeconfig, "svc/echo:0:http", "--", "sh", "-c", "exit 3"); res.ExitCode != 3 {
+		t.Fatalf("forward -- sh -c 'exit 3': exit %d\n%s", res.ExitCode, res.Stderr)
+	}
 }

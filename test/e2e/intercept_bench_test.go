@@ -76,9 +76,9 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	time.Sleep(time.Second) // the loop runs
 	start := time.Now()
 	milestones := watchInterceptStart(loopCtx, b, ns, "echo", start)
-	// For A/B runs: BRIDGE_BENCH_INTERCEPT_ARGS adds flags to the intercept under test, and
-	// BRIDGE_BENCH_SPDY=1 runs its tunnel over SPDY instead of WebSockets (the kubectl baseline
-	// above keeps kubectl's default, WebSockets).
+	// For A/B runs: BRIDGE_BENCH_INTERCEPT_ARGS adds flags to the intercept under test (e.g.
+	// "--tunnel port-forward"), and BRIDGE_BENCH_SPDY=1 runs a port-forward tunnel over SPDY
+	// instead of WebSockets (the kubectl baseline above keeps kubectl's default, WebSockets).
 	args := append([]string{"intercept", "-n", ns, "svc/echo", "--to", local}, strings.Fields(os.Getenv("BRIDGE_BENCH_INTERCEPT_ARGS"))...)
 	var ic *framework.Process
 	startIntercept := func() { ic = fw.StartBridge(b, args...) }

@@ -28,6 +28,9 @@ const (
 // yamuxVersion is the first byte of every yamux frame.
 const yamuxVersion = 0
 
+// maxUpgradeRequest bounds the upgrade request's size (what the API server relays is well under).
+const maxUpgradeRequest = 64 << 10
+
 // Accept reads the first bytes of a connection to the control port and returns the connection
 // to run the tunnel on: the same bytes for a port-forward, or, for an HTTP Upgrade request to
 // UpgradePath, the connection after the agent's 101 answer. Any other HTTP request gets an HTTP
@@ -42,7 +45,9 @@ func Accept(conn net.Conn, timeout time.Duration) (net.Conn, error) {
 		_ = conn.SetReadDeadline(time.Time{})
 		return &replayConn{Conn: conn, first: first[0]}, nil
 	}
-	br := bufio.NewReader(io.MultiReader(bytes.NewReader(first[:]), conn))
+	// The request is bounded: the control port is reachable from the cluster's network, and an
+	// endless header line must not grow the agent's memory until the deadline.
+	br := bufio.NewReader(io.LimitReader(io.MultiReader(bytes.NewReader(first[:]), conn), maxUpgradeRequest))
 	req, err := http.ReadRequest(br)
 	if err != nil {
 		return nil, fmt.Errorf("read the upgrade request: %w", err)

@@ -2,9 +2,12 @@ package tunnel
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -137,10 +140,16 @@ func TestAcceptRefuses(t *testing.T) {
 		{"another protocol", "GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", http.StatusUpgradeRequired},
 		{"bytes before the answer", "GET /tunnel HTTP/1.1\r\nHost: x\r\n" + up + "\r\n\x00\x00", http.StatusBadRequest},
 		{"not HTTP either", "\x16\x03\x01\x02\x00 a TLS hello\r\n\r\n", 0},
+		// Refused once maxUpgradeRequest bytes came, not at the deadline (the test's timeout).
+		{"endless header", "GET /tunnel HTTP/1.1\r\nX-Long: " + strings.Repeat("a", 2*maxUpgradeRequest), -1},
 		{"silence", "", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			addr, conns, errs := acceptOnce(t, 300*time.Millisecond)
+			timeout := 300 * time.Millisecond
+			if tc.status == -1 {
+				timeout = 30 * time.Second
+			}
+			addr, conns, errs := acceptOnce(t, timeout)
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
@@ -154,8 +163,11 @@ func TestAcceptRefuses(t *testing.T) {
 				t.Fatal("accepted")
 			case err := <-errs:
 				t.Logf("Accept: %v", err)
+				if tc.status == -1 && errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatal("the request was read until the deadline, not up to its bound")
+				}
 			}
-			if tc.status == 0 {
+			if tc.status <= 0 {
 				return
 			}
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)

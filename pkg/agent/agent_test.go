@@ -620,3 +620,43 @@ func TestShutdownDrains(t *testing.T) {
 		t.Fatal("shutdown did not finish after the last connection closed")
 	}
 }
+
+// TestDrainKeepsServing: a stopping agent first says it is not ready and keeps serving new
+// connections (stolen ones to the laptop, the rest to the original pods) while kube-proxy catches
+// up, and only then closes its listeners.
+func TestDrainKeepsServing(t *testing.T) {
+	a := startAgent(t, agent.StaticSessions{"s1": spec("s1", "tok", tunnel.ModeSteal, "alice")},
+		lineServer(t, "upstream").Addr().String(), lineServer(t, "admin").Addr().String(), nil)
+	c := startCLI(t, a, "s1", "tok", lineServer(t, "laptop").Addr().String())
+	c.waitState(t, tunnel.StateConnected)
+	waitSessions(t, a, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	drained := make(chan struct{})
+	go func() { a.Drain(ctx, time.Hour); close(drained) }()
+	// Readiness flips at once; the listeners stay.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		resp, err := http.Get("http://" + a.HealthAddr().String() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("readyz still %s during the drain", resp.Status)
+		}
+	}
+	if got := ask(t, a, "http", "during"); got != "laptop:during" {
+		t.Fatalf("stolen port during the drain answered %q", got)
+	}
+	if got := ask(t, a, "admin", "during"); got != "admin:during" {
+		t.Fatalf("other port during the drain answered %q", got)
+	}
+	select {
+	case <-drained:
+		t.Fatal("the drain ended early")
+	default:
+	}
+}

@@ -144,6 +144,9 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultDialTimeout      = 5 * time.Second
 	DefaultShutdownGrace    = 10 * time.Second
+	// DefaultShutdownDrain is how long a stopping agent keeps taking new connections (see
+	// Server.Drain): kube-proxy's iptables mode syncs at most once a second.
+	DefaultShutdownDrain = 2 * time.Second
 	// DefaultSniffTimeout is how long a connection on a port with request rules may stay silent
 	// before it is taken for a server-speaks-first protocol and routed whole (unless the port is
 	// known to carry HTTP, where the agent waits for the client's first bytes however long).
@@ -196,6 +199,9 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// ShutdownGrace is how long in-flight connections may finish after shutdown starts.
 	ShutdownGrace time.Duration
+	// ShutdownDrain is how long a stopping agent keeps serving new connections, not ready, before
+	// it closes its listeners (0: none; the command's default is DefaultShutdownDrain).
+	ShutdownDrain time.Duration
 
 	// Version is reported to CLIs in the handshake.
 	Version string

@@ -162,6 +162,25 @@ func (s *Server) abortStart(err error) error {
 	return err
 }
 
+// Drain marks the agent not ready and keeps serving as before for d. When the agent stops, the
+// Service has just been switched back (or this pod is being deleted), but kube-proxy on every
+// node keeps sending new connections here until it has synced, at most once a second in iptables
+// mode; closing the listeners at once would refuse those, or reset the ones in the accept queue.
+// It returns after d, or earlier when ctx ends.
+func (s *Server) Drain(ctx context.Context, d time.Duration) {
+	s.ready.Store(false)
+	if d <= 0 {
+		return
+	}
+	s.log.Info("draining: serving new connections until kube-proxy has caught up", "for", d)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 // Shutdown stops accepting, detaches every session (stolen connections end with their tunnel),
 // lets other in-flight connections finish until ctx ends, then closes whatever is left.
 func (s *Server) Shutdown(ctx context.Context) error {

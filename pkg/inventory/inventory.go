@@ -11,6 +11,7 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
@@ -32,9 +33,13 @@ type Inventory struct {
 }
 
 // Collect lists our objects in namespace ("" = all namespaces).
-func Collect(ctx context.Context, client kubernetes.Interface, namespace string) (*Inventory, error) {
+func Collect(ctx context.Context, client kubernetes.Interface, namespace string) (_ *Inventory, err error) {
+	defer func() {
+		if namespace == "" && apierrors.IsForbidden(err) {
+			err = fmt.Errorf("%w; every namespace (-A) needs list permissions across the cluster: use -n NAMESPACE for one", err)
+		}
+	}()
 	inv := &Inventory{}
-	var err error
 	if inv.Sessions, err = session.List(ctx, client.CoordinationV1(), namespace, ""); err != nil {
 		return nil, err
 	}

@@ -137,11 +137,12 @@ func AgentJob(p AgentParams) *batchv1.Job {
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
 				Spec: corev1.PodSpec{
-					RestartPolicy:                 corev1.RestartPolicyOnFailure,
-					ServiceAccountName:            p.AgentServiceAccountName(),
-					AutomountServiceAccountToken:  ptr.To(true),
-					EnableServiceLinks:            ptr.To(false),
-					TerminationGracePeriodSeconds: ptr.To[int64](10),
+					RestartPolicy:                corev1.RestartPolicyOnFailure,
+					ServiceAccountName:           p.AgentServiceAccountName(),
+					AutomountServiceAccountToken: ptr.To(true),
+					EnableServiceLinks:           ptr.To(false),
+					// The agent's stop: put the Service back, drain 2 s, let connections finish up to 10 s.
+					TerminationGracePeriodSeconds: ptr.To[int64](15),
 					SecurityContext:               podSec,
 					ImagePullSecrets:              pullSecrets,
 					Containers: []corev1.Container{{

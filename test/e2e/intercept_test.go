@@ -679,6 +679,9 @@ func TestInterceptTunnelWithoutPodProxy(t *testing.T) {
 	if list := fw.RunBridge(t, "list", "--kubeconfig", kubeconfig, "-o", "json"); list.ExitCode != 0 || !strings.Contains(list.Stdout, `"state": "active"`) {
 		t.Fatalf("list: exit %d\n%s%s", list.ExitCode, list.Stdout, list.Stderr)
 	}
+	if list := fw.RunBridge(t, "list", "--kubeconfig", kubeconfig, "-A"); list.ExitCode == 0 || !strings.Contains(list.Stderr, "use -n NAMESPACE") {
+		t.Fatalf("list -A without cluster-wide rights: want a refusal that suggests -n; exit %d\n%s", list.ExitCode, list.Stderr)
+	}
 
 	p.Signal(syscall.SIGINT)
 	if res := p.Wait(30 * time.Second); res.ExitCode != 0 {

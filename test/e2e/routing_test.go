@@ -234,23 +234,32 @@ func TestZeroDisruption(t *testing.T) {
 			t.Errorf("steady stream %v output %q: %v", args, stdout, err)
 		}
 	}
+	// Each phase's start on this machine's clock, which is the client pod's (one node): a failed
+	// request's time (in its error) says which phase it fell in.
+	phase := func(name string) { t.Logf("%s %s", time.Now().UTC().Format("15:04:05.000"), name) }
 	wg.Add(2)
 	go stream(&newConns, "--new-conn", echo.URL("/steady"))
 	go stream(&keptConn, echo.URL("/kept"))
 	time.Sleep(2 * time.Second)
 	a, b := startNamedApp(t, "a"), startNamedApp(t, "b")
+	phase("first session starts")
 	first := startIntercept(t, ns, "svc/echo", "--to", a.Addr, "--header", "x-owner=a")
 	waitRoute(t, client, echo.URL("/a"), "a", "-H", "x-owner=a")
+	phase("second session starts")
 	second := startIntercept(t, ns, "svc/echo", "--to", b.Addr, "--header", "x-owner=b")
 	time.Sleep(3 * time.Second)
+	phase("second session ends")
 	second.Signal(syscall.SIGINT)
 	second.Wait(30 * time.Second)
 	old := podNamesOf(t, ns, "app=echo")
+	phase("rollout restart")
 	rolloutRestart(t, ns, "echo")
 	waitRolledOut(t, ns, "echo", old)
 	time.Sleep(3 * time.Second)
+	phase("first (last) session ends")
 	first.Signal(syscall.SIGINT)
 	first.Wait(30 * time.Second)
+	phase("sessions over")
 	wg.Wait()
 	for _, s := range []struct {
 		name string

@@ -124,6 +124,7 @@ func RunInCluster(ctx context.Context, cfg agent.Config, o *options.Options) err
 			errs = append(errs, fmt.Errorf("restore service on shutdown: %w", err))
 		}
 	}
+	srv.Drain(context.Background(), cfg.ShutdownDrain)
 	grace, cancelGrace := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancelGrace()
 	if err := srv.Shutdown(grace); err != nil {

@@ -40,6 +40,8 @@ type Options struct {
 	MirrorResponses bool
 	// ShutdownGrace is how long in-flight connections may finish on SIGTERM.
 	ShutdownGrace time.Duration
+	// ShutdownDrain is how long the agent keeps taking new connections when it stops.
+	ShutdownDrain time.Duration
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
 	// StaticSessions are --static-session flags, ID=TOKEN_HASH=PORT/MODE: sessions known without
@@ -65,6 +67,7 @@ func NewOptions() *Options {
 		MirrorBuffer:  agent.DefaultMirrorBuffer,
 		MirrorStall:   agent.DefaultMirrorStall,
 		ShutdownGrace: agent.DefaultShutdownGrace,
+		ShutdownDrain: agent.DefaultShutdownDrain,
 		LogLevel:      "info",
 		IdleGrace:     30 * time.Second,
 		Namespace:     os.Getenv(EnvNamespace),
@@ -83,6 +86,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.MirrorStall, "mirror-stall", o.MirrorStall, "How long a laptop may stall a mirror copy before it is dropped")
 	fs.BoolVar(&o.MirrorResponses, "mirror-responses", o.MirrorResponses, "Also send mirroring sessions a copy of the original pods' answers")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", o.ShutdownGrace, "How long in-flight connections may finish after SIGTERM")
+	fs.DurationVar(&o.ShutdownDrain, "shutdown-drain", o.ShutdownDrain, "How long a stopping agent keeps taking new connections (not ready) while kube-proxy stops sending them, before it closes its listeners")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "Log level: debug, info, warn or error")
 	fs.StringVar(&o.Service, "service", o.Service, "The intercepted Service (in $POD_NAMESPACE): sessions come from its Leases and the agent keeps its selector switched")
 	fs.DurationVar(&o.IdleGrace, "idle-grace", o.IdleGrace, "With --service: how long to wait with no live session before restoring the Service and exiting")
@@ -187,6 +191,7 @@ func (o *Options) Config(version string) (agent.Config, error) {
 		MirrorStall:     o.MirrorStall,
 		MirrorResponses: o.MirrorResponses,
 		ShutdownGrace:   o.ShutdownGrace,
+		ShutdownDrain:   o.ShutdownDrain,
 		Version:         version,
 		Logger:          o.Logger(),
 	}

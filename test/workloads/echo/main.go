@@ -289,7 +289,8 @@ func get(args []string) error {
 		if err != nil {
 			sum.Failed++
 			if len(sum.Errors) < 10 {
-				sum.Errors = append(sum.Errors, err.Error())
+				// When, on the node's clock, so that a test can tell which of its phases failed.
+				sum.Errors = append(sum.Errors, t0.UTC().Format("15:04:05.000")+" "+err.Error())
 			}
 			continue
 		}

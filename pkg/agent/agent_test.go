@@ -180,6 +180,18 @@ func (c *cli) waitState(t testing.TB, want tunnel.State) tunnel.StateChange {
 	}
 }
 
+// stealAttached starts an agent with one steal session, s1, on the "http" port (upstreams
+// answering as "upstream" and "admin") and attaches a CLI to it delivering to localAddr.
+func stealAttached(t testing.TB, localAddr string) (*testAgent, *cli) {
+	t.Helper()
+	a := startAgent(t, agent.StaticSessions{"s1": spec("s1", "tok", tunnel.ModeSteal, "alice")},
+		lineServer(t, "upstream").Addr().String(), lineServer(t, "admin").Addr().String(), nil)
+	c := startCLI(t, a, "s1", "tok", localAddr)
+	c.waitState(t, tunnel.StateConnected)
+	waitSessions(t, a, 1)
+	return a, c
+}
+
 func waitSessions(t testing.TB, a *testAgent, n int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -238,11 +250,7 @@ func TestPassThroughWithoutSessions(t *testing.T) {
 
 func TestSteal(t *testing.T) {
 	laptop := lineServer(t, "laptop")
-	a := startAgent(t, agent.StaticSessions{"s1": spec("s1", "tok", tunnel.ModeSteal, "alice")},
-		lineServer(t, "upstream").Addr().String(), lineServer(t, "admin").Addr().String(), nil)
-	c := startCLI(t, a, "s1", "tok", laptop.Addr().String())
-	c.waitState(t, tunnel.StateConnected)
-	waitSessions(t, a, 1)
+	a, c := stealAttached(t, laptop.Addr().String())
 	if got := ask(t, a, "http", "hello"); got != "laptop:hello" {
 		t.Fatalf("stolen port answered %q", got)
 	}
@@ -266,11 +274,7 @@ func TestStealLocalAppNotRunning(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := ln.Addr().String()
 	_ = ln.Close()
-	a := startAgent(t, agent.StaticSessions{"s1": spec("s1", "tok", tunnel.ModeSteal, "alice")},
-		lineServer(t, "upstream").Addr().String(), lineServer(t, "admin").Addr().String(), nil)
-	c := startCLI(t, a, "s1", "tok", dead)
-	c.waitState(t, tunnel.StateConnected)
-	waitSessions(t, a, 1)
+	a, c := stealAttached(t, dead)
 	conn, err := net.Dial("tcp", a.Addr("http").String())
 	if err != nil {
 		t.Fatal(err)
@@ -479,11 +483,7 @@ func TestRefusals(t *testing.T) {
 // the original pods, and once the CLI redials they are stolen again.
 func TestTunnelDrop(t *testing.T) {
 	laptop := lineServer(t, "laptop")
-	a := startAgent(t, agent.StaticSessions{"s1": spec("s1", "tok", tunnel.ModeSteal, "alice")},
-		lineServer(t, "upstream").Addr().String(), lineServer(t, "admin").Addr().String(), nil)
-	c := startCLI(t, a, "s1", "tok", laptop.Addr().String())
-	c.waitState(t, tunnel.StateConnected)
-	waitSessions(t, a, 1)
+	a, c := stealAttached(t, laptop.Addr().String())
 
 	inflight, err := net.Dial("tcp", a.Addr("http").String())
 	if err != nil {
@@ -517,11 +517,7 @@ func TestTunnelDrop(t *testing.T) {
 
 // TestCLIExitDetaches: a CLI that stops closes its control stream and the agent detaches at once.
 func TestCLIExitDetaches(t *testing.T) {
-	a := startAgent(t, agent.StaticSessions{"s1": spec("s1", "tok", tunnel.ModeSteal, "alice")},
-		lineServer(t, "upstream").Addr().String(), lineServer(t, "admin").Addr().String(), nil)
-	c := startCLI(t, a, "s1", "tok", lineServer(t, "laptop").Addr().String())
-	c.waitState(t, tunnel.StateConnected)
-	waitSessions(t, a, 1)
+	a, c := stealAttached(t, lineServer(t, "laptop").Addr().String())
 	c.cancel()
 	waitSessions(t, a, 0)
 	for ev := range a.events {
@@ -535,11 +531,7 @@ func TestCLIExitDetaches(t *testing.T) {
 }
 
 func TestEvict(t *testing.T) {
-	a := startAgent(t, agent.StaticSessions{"s1": spec("s1", "tok", tunnel.ModeSteal, "alice")},
-		lineServer(t, "upstream").Addr().String(), lineServer(t, "admin").Addr().String(), nil)
-	c := startCLI(t, a, "s1", "tok", lineServer(t, "laptop").Addr().String())
-	c.waitState(t, tunnel.StateConnected)
-	waitSessions(t, a, 1)
+	a, c := stealAttached(t, lineServer(t, "laptop").Addr().String())
 	if !a.Evict("s1", "lease expired") {
 		t.Fatal("Evict found no session")
 	}
@@ -585,11 +577,7 @@ func TestUpstreamDown(t *testing.T) {
 // TestShutdownDrains: on SIGTERM the agent stops accepting, detaches sessions, and lets in-flight
 // connections finish within the grace.
 func TestShutdownDrains(t *testing.T) {
-	a := startAgent(t, agent.StaticSessions{"s1": spec("s1", "tok", tunnel.ModeSteal, "alice")},
-		lineServer(t, "upstream").Addr().String(), lineServer(t, "admin").Addr().String(), nil)
-	c := startCLI(t, a, "s1", "tok", lineServer(t, "laptop").Addr().String())
-	c.waitState(t, tunnel.StateConnected)
-	waitSessions(t, a, 1)
+	a, c := stealAttached(t, lineServer(t, "laptop").Addr().String())
 	inflight, err := net.Dial("tcp", a.Addr("admin").String())
 	if err != nil {
 		t.Fatal(err)
@@ -625,11 +613,7 @@ func TestShutdownDrains(t *testing.T) {
 // connections (stolen ones to the laptop, the rest to the original pods) while kube-proxy catches
 // up, and only then closes its listeners.
 func TestDrainKeepsServing(t *testing.T) {
-	a := startAgent(t, agent.StaticSessions{"s1": spec("s1", "tok", tunnel.ModeSteal, "alice")},
-		lineServer(t, "upstream").Addr().String(), lineServer(t, "admin").Addr().String(), nil)
-	c := startCLI(t, a, "s1", "tok", lineServer(t, "laptop").Addr().String())
-	c.waitState(t, tunnel.StateConnected)
-	waitSessions(t, a, 1)
+	a, _ := stealAttached(t, lineServer(t, "laptop").Addr().String())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	drained := make(chan struct{})

@@ -37,13 +37,7 @@ func startCountingUpstream(t *testing.T, idle time.Duration, h http.HandlerFunc)
 			}
 		},
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.addr = ln.Addr().String()
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	u.addr = serveHTTP(t, srv)
 	return u
 }
 

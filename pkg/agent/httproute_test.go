@@ -72,14 +72,20 @@ func startHTTPApp(t testing.TB, name string) *httpApp {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	srv := &http.Server{Handler: handler, Protocols: &protos}
+	app.addr = serveHTTP(t, srv)
+	return app
+}
+
+// serveHTTP serves srv on a loopback port until the test ends and returns its address.
+func serveHTTP(t testing.TB, srv *http.Server) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	app.addr = ln.Addr().String()
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	return app
+	return ln.Addr().String()
 }
 
 func ruleSpec(t testing.TB, id string, mode tunnel.Mode, user string, f match.Flags) agent.SessionSpec {

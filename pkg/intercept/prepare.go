@@ -49,7 +49,8 @@ type Config struct {
 	Service   string
 	// Port is the Service port, by name or number; "" when the Service has one port.
 	Port string
-	// LocalAddress is where intercepted traffic is delivered (host:port).
+	// LocalAddress is where intercepted traffic is delivered (host:port); empty means 127.0.0.1
+	// and the Service port's number.
 	LocalAddress string
 	// Mode is tunnel.ModeSteal or tunnel.ModeMirror.
 	Mode tunnel.Mode
@@ -95,6 +96,9 @@ func (p *Plan) Warnings() []string { return p.warning }
 // ServicePort is the intercepted Service port.
 func (p *Plan) ServicePort() corev1.ServicePort { return p.port }
 
+// LocalAddress is where intercepted traffic is delivered.
+func (p *Plan) LocalAddress() string { return p.cfg.LocalAddress }
+
 // Prepare validates the request against the cluster. It changes nothing; every refusal names the
 // problem and the next step.
 func Prepare(ctx context.Context, cfg Config) (*Plan, error) {
@@ -120,6 +124,9 @@ func Prepare(ctx context.Context, cfg Config) (*Plan, error) {
 	}
 	if err := p.choosePort(); err != nil {
 		return nil, err
+	}
+	if p.cfg.LocalAddress == "" {
+		p.cfg.LocalAddress = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(p.port.Port)))
 	}
 	if err := p.checkPermissions(ctx); err != nil {
 		return nil, err

@@ -125,4 +125,8 @@ func TestPrepareBuildsAgentPorts(t *testing.T) {
 	if p.ServicePort().Port != 80 {
 		t.Fatalf("chosen port %v", p.ServicePort())
 	}
+	// No local target given: the Service port's number on this machine.
+	if p.LocalAddress() != "127.0.0.1:80" {
+		t.Fatalf("local address %q", p.LocalAddress())
+	}
 }

@@ -22,7 +22,7 @@ const (
 )
 
 // Transports lists the --tunnel values.
-var Transports = []string{TransportAuto, TransportProxy, TransportPortForward}
+func Transports() []string { return []string{TransportAuto, TransportProxy, TransportPortForward} }
 
 // DialFunc opens a connection to a pod's port.
 type DialFunc func(ctx context.Context, pod portforward.PodRef, port int32) (net.Conn, error)

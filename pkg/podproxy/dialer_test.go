@@ -69,12 +69,7 @@ func agentPort(t *testing.T) string {
 			return
 		}
 		defer mux.Close()
-		s, err := mux.Accept()
-		if err != nil {
-			return
-		}
-		_, _ = io.Copy(s, s)
-		_ = s.Close()
+		tunneltest.EchoFirstStream(mux)
 		<-mux.CloseChan()
 	}).Addr().String()
 }
@@ -110,11 +105,7 @@ func TestDialRunsATunnel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mux.Close()
-	s, err := mux.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tunneltest.RoundTrip(t, s, s.Close, 1_000_000) // a yamux stream's Close half-closes it
+	tunneltest.StreamRoundTrip(t, mux, 1_000_000)
 }
 
 func TestDialRefusals(t *testing.T) {

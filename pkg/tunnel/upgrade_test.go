@@ -53,14 +53,7 @@ func serveEcho(t *testing.T, conn net.Conn) {
 		return
 	}
 	t.Cleanup(func() { _ = mux.Close() })
-	go func() {
-		s, err := mux.Accept()
-		if err != nil {
-			return
-		}
-		_, _ = io.Copy(s, s)
-		_ = s.Close()
-	}()
+	go tunneltest.EchoFirstStream(mux)
 }
 
 func roundTrip(t *testing.T, conn net.Conn) {
@@ -70,11 +63,7 @@ func roundTrip(t *testing.T, conn net.Conn) {
 		t.Fatal(err)
 	}
 	defer mux.Close()
-	s, err := mux.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tunneltest.RoundTrip(t, s, s.Close, 7000) // a yamux stream's Close half-closes it
+	tunneltest.StreamRoundTrip(t, mux, 7000)
 }
 
 func TestAcceptPortForward(t *testing.T) {

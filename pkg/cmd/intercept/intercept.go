@@ -146,7 +146,7 @@ func NewCmdIntercept(f cmdutil.Factory, streams genericiooptions.IOStreams) *cob
 	fl.StringVar(&o.EnvFile, "env-file", o.EnvFile, "Write the intercepted workload's environment (ConfigMap/Secret references, envFrom and downward-API fields resolved) to this dotenv file; '-- COMMAND' gets it too.")
 	fl.StringVar(&o.Tunnel, "tunnel", o.Tunnel, "How to reach the agent: proxy (the API server's pod proxy, straight to the agent pod), port-forward (through the kubelet, as kubectl port-forward), or auto: proxy when the API server can reach the pod and you may use pods/proxy, else port-forward.")
 	_ = cmd.RegisterFlagCompletionFunc("port", completion.ServicePorts(f))
-	_ = cmd.RegisterFlagCompletionFunc("tunnel", cobra.FixedCompletions(lib.Transports, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("tunnel", cobra.FixedCompletions(lib.Transports(), cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 
@@ -242,8 +242,8 @@ func (o *Options) Validate() error {
 	if o.Timeout <= 0 || o.IdleGrace <= 0 {
 		return exitcode.Usagef("--timeout and --idle-grace must be positive")
 	}
-	if !slices.Contains(lib.Transports, o.Tunnel) {
-		return exitcode.Usagef("--tunnel %q: use %s", o.Tunnel, strings.Join(lib.Transports, ", "))
+	if !slices.Contains(lib.Transports(), o.Tunnel) {
+		return exitcode.Usagef("--tunnel %q: use %s", o.Tunnel, strings.Join(lib.Transports(), ", "))
 	}
 	var mrules []session.MatchRule
 	for _, r := range rules {
@@ -316,12 +316,6 @@ func (o *Options) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if o.cfg.LocalAddress == "" {
-		o.cfg.LocalAddress = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(plan.ServicePort().Port)))
-		if plan, err = lib.Prepare(ctx, o.cfg); err != nil {
-			return err
-		}
-	}
 	for _, w := range plan.Warnings() {
 		fmt.Fprintf(o.ErrOut, "Warning: %s\n", w)
 	}
@@ -355,7 +349,7 @@ func (o *Options) Run(ctx context.Context) error {
 		rules = "requests matching " + match.Describe(rs)
 	}
 	fmt.Fprintf(o.Out, "Intercepting svc/%s port %d in namespace %s → %s (%s, %s), session %s.\n",
-		o.service, sp.Port, o.namespace, o.cfg.LocalAddress, o.cfg.Mode, rules, ic.SessionID())
+		o.service, sp.Port, o.namespace, plan.LocalAddress(), o.cfg.Mode, rules, ic.SessionID())
 
 	runErr := o.serve(ctx, ic, started)
 

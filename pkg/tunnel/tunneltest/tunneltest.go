@@ -7,6 +7,8 @@ import (
 	"net"
 	"strings"
 	"testing"
+
+	"github.com/hashicorp/yamux"
 )
 
 // Serve listens on a loopback port and runs handle on every accepted connection (closing it
@@ -46,13 +48,29 @@ func Echo(t testing.TB) net.Listener {
 	return Serve(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
-// RoundTrip sends a message of n bytes on conn, half-closes it with closeWrite and fails the test
-// unless exactly the message comes back: a check that bytes cross an echoing path intact.
-func RoundTrip(t testing.TB, conn net.Conn, closeWrite func() error, n int) {
+// EchoFirstStream copies back what the first stream the other end of mux opens carries, then
+// closes that stream.
+func EchoFirstStream(mux *yamux.Session) {
+	s, err := mux.Accept()
+	if err != nil {
+		return
+	}
+	_, _ = io.Copy(s, s)
+	_ = s.Close()
+}
+
+// StreamRoundTrip opens a stream on mux, sends n bytes, half-closes it (a yamux stream's Close)
+// and fails the test unless exactly those bytes come back: a check that bytes cross a tunnel to
+// an EchoFirstStream intact.
+func StreamRoundTrip(t testing.TB, mux *yamux.Session, n int) {
 	t.Helper()
+	s, err := mux.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
 	msg := strings.Repeat("0123456789", n/10+1)[:n]
-	go func() { _, _ = io.WriteString(conn, msg); _ = closeWrite() }()
-	got, err := io.ReadAll(conn)
+	go func() { _, _ = io.WriteString(s, msg); _ = s.Close() }()
+	got, err := io.ReadAll(s)
 	if err != nil || string(got) != msg {
 		t.Fatalf("echo: %d of %d bytes back, %v", len(got), n, err)
 	}

@@ -13,6 +13,7 @@
 package portforward
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -23,7 +24,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/httpstream"
-	spdystream "k8s.io/apimachinery/pkg/util/httpstream/spdy"
+	apispdy "k8s.io/apimachinery/pkg/util/httpstream/spdy"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	portforwardconstants "k8s.io/apimachinery/pkg/util/portforward"
 	"k8s.io/client-go/rest"
 	clientportforward "k8s.io/client-go/tools/portforward"
@@ -91,11 +93,68 @@ func (d *RESTDialer) dial(u *url.URL) (httpstream.Connection, string, error) {
 		klog.V(2).InfoS("WebSocket port-forward refused; falling back to SPDY", "err", err)
 		d.spdyOnly.Store(true)
 	}
+	return d.dialSPDY(u)
+}
+
+// dialSPDY is client-go's SPDY dial (spdy.RoundTripperFor, then Negotiate) with the frame
+// coalescer between the SPDY connection and the upgraded TLS connection: through the API server's
+// byte copy, every Write of the framer would otherwise travel as a TLS record, a read and a
+// write of its own at each hop.
+func (d *RESTDialer) dialSPDY(u *url.URL) (httpstream.Connection, string, error) {
 	transport, upgrader, err := spdy.RoundTripperFor(d.config)
 	if err != nil {
 		return nil, "", err
 	}
-	return spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u).Dial(clientportforward.PortForwardProtocolV1Name)
+	if rt, ok := upgrader.(*apispdy.SpdyRoundTripper); ok && d.CoalesceFrames {
+		up := &coalescingUpgrader{rt: rt}
+		if transport, err = rest.HTTPWrappersForConfig(d.config, up); err != nil {
+			return nil, "", err
+		}
+		upgrader = up
+	}
+	req, err := http.NewRequest(http.MethodPost, u.String(), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	return spdy.Negotiate(upgrader, &http.Client{Transport: transport}, req, clientportforward.PortForwardProtocolV1Name)
+}
+
+// coalescingUpgrader performs apimachinery's SPDY upgrade (its round tripper dials, through
+// proxies and with the config's TLS) but keeps the upgraded connection, which the round tripper
+// does not expose, to put the frame coalescer on it.
+type coalescingUpgrader struct {
+	rt   *apispdy.SpdyRoundTripper
+	conn net.Conn
+}
+
+func (c *coalescingUpgrader) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = utilnet.CloneRequest(req)
+	req.Header.Add(httpstream.HeaderConnection, httpstream.HeaderUpgrade)
+	req.Header.Add(httpstream.HeaderUpgrade, apispdy.HeaderSpdy31)
+	conn, err := c.rt.Dial(req)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	c.conn = conn
+	return resp, nil
+}
+
+func (c *coalescingUpgrader) NewConnection(resp *http.Response) (httpstream.Connection, error) {
+	if resp.StatusCode != http.StatusSwitchingProtocols ||
+		!strings.Contains(strings.ToLower(resp.Header.Get(httpstream.HeaderConnection)), "upgrade") ||
+		!strings.Contains(strings.ToLower(resp.Header.Get(httpstream.HeaderUpgrade)), strings.ToLower(apispdy.HeaderSpdy31)) {
+		if c.conn != nil {
+			c.conn.Close()
+		}
+		// apimachinery's own check turns the refusal into the error kubectl prints.
+		return c.rt.NewConnection(resp)
+	}
+	return apispdy.NewClientConnectionWithPings(&frameCoalescer{Conn: c.conn}, clientportforward.PingPeriod)
 }
 
 // dialWebSocket is client-go's NewSPDYOverWebsocketDialer with the frame coalescer between the
@@ -118,7 +177,7 @@ func (d *RESTDialer) dialWebSocket(u *url.URL) (httpstream.Connection, string, e
 	if d.CoalesceFrames {
 		conn = &frameCoalescer{Conn: conn}
 	}
-	spdyConn, err := spdystream.NewClientConnectionWithPings(conn, clientportforward.PingPeriod)
+	spdyConn, err := apispdy.NewClientConnectionWithPings(conn, clientportforward.PingPeriod)
 	if err != nil {
 		conn.Close()
 		return nil, "", err

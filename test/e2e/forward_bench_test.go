@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -169,12 +170,7 @@ func kubectlBinaryPortForward(t testing.TB, ns, pod string) (string, bool) {
 // figures go to docs/benchmarks.md; it runs its own rounds whatever b.N is.
 func BenchmarkForwardThroughput(b *testing.B) {
 	t := b
-	ns := fw.Namespace(t, nil)
-	fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
-	pod := ""
-	for p := range podNamesOf(t, ns, "app=echo") {
-		pod = p
-	}
+	ns, pod := echoPod(t)
 	type variant struct{ name, url string }
 	const base = "kubectl port-forward (client-go, in this process)"
 	variants := []variant{{base, kubectlPortForward(t, ns, pod)}}
@@ -201,6 +197,8 @@ func BenchmarkForwardThroughput(b *testing.B) {
 		}
 		_, doc := startForward(t, ns, "svc/echo")
 		variants = append(variants, variant{"kubectl bridge forward, 128 KiB buffers, SPDY", doc.url(t, "svc/echo", "")})
+		_, raw := startForward(t, ns, "svc/echo", "--coalesce-frames=false")
+		variants = append(variants, variant{"kubectl bridge forward, 128 KiB buffers, SPDY, frames not coalesced", raw.url(t, "svc/echo", "")})
 	})
 	// The cluster runs on this machine: its pod network is reachable directly, which is the
 	// in-cluster baseline without a port-forward on the way.
@@ -256,6 +254,17 @@ func withSPDY(start func()) {
 	start()
 }
 
+// echoPod deploys the echo workload (one pod) in a new namespace and returns both names.
+func echoPod(t testing.TB) (ns, pod string) {
+	t.Helper()
+	ns = fw.Namespace(t, nil)
+	fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
+	for p := range podNamesOf(t, ns, "app=echo") {
+		pod = p
+	}
+	return ns, pod
+}
+
 func median(xs []float64) float64 {
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
@@ -266,12 +275,7 @@ func median(xs []float64) float64 {
 // through the kubectl binary's port-forward to the same single pod, with keep-alive and with a new
 // connection per request, plus direct access to the pod IP as the floor.
 func BenchmarkForwardLatency(b *testing.B) {
-	ns := fw.Namespace(b, nil)
-	fw.DeployEcho(b, ns, "echo", framework.EchoOptions{})
-	pod := ""
-	for p := range podNamesOf(b, ns, "app=echo") {
-		pod = p
-	}
+	ns, pod := echoPod(b)
 	p, err := fw.Client.CoreV1().Pods(ns).Get(context.Background(), pod, metav1.GetOptions{})
 	if err != nil {
 		b.Fatal(err)
@@ -281,10 +285,91 @@ func BenchmarkForwardLatency(b *testing.B) {
 		b.Fatal("kubectl not on PATH: hack/bench.sh puts the pinned one there")
 	}
 	_, doc := startForward(b, ns, "svc/echo")
-	bridge := doc.url(b, "svc/echo", "")
-	direct := "http://" + net.JoinHostPort(p.Status.PodIP, "8080")
-	for _, v := range []struct{ name, url string }{{"kubectl-port-forward", kpf}, {"bridge-forward", bridge}, {"direct-pod", direct}} {
+	variants := []struct{ name, url string }{{"kubectl-port-forward", kpf}, {"bridge-forward", doc.url(b, "svc/echo", "")}}
+	// SPDY straight to the API server (the fallback, and what kubefwd uses), with the frames
+	// coalesced (the default) and not.
+	withSPDY(func() {
+		if url, ok := kubectlBinaryPortForward(b, ns, pod); ok {
+			variants = append(variants, struct{ name, url string }{"kubectl-port-forward-spdy", url})
+		}
+		_, doc := startForward(b, ns, "svc/echo")
+		_, raw := startForward(b, ns, "svc/echo", "--coalesce-frames=false")
+		variants = append(variants, struct{ name, url string }{"bridge-forward-spdy", doc.url(b, "svc/echo", "")},
+			struct{ name, url string }{"bridge-forward-spdy-uncoalesced", raw.url(b, "svc/echo", "")})
+	})
+	variants = append(variants, struct{ name, url string }{"direct-pod", "http://" + net.JoinHostPort(p.Status.PodIP, "8080")})
+	for _, v := range variants {
 		b.Run(v.name+"/keepalive", func(b *testing.B) { localLatency(b, v.url+"/k", false) })
 		b.Run(v.name+"/newconn", func(b *testing.B) { localLatency(b, v.url+"/n", true) })
 	}
+}
+
+// BenchmarkPortForwardTransports isolates the port-forward transport from forward's local hop: it
+// opens streams with pkg/portforward in this process, over WebSocket and over SPDY, each with and
+// without frame coalescing, and reports the median time to open a stream (the part of a new
+// connection's latency the transport owns) and of a small request on an open stream. Variants are
+// interleaved in rounds of ten connections, so that the machine's drift hits all of them alike.
+func BenchmarkPortForwardTransports(b *testing.B) {
+	ns, pod := echoPod(b)
+	ref := pf.PodRef{Namespace: ns, Name: pod}
+	type variant struct {
+		name string
+		pool *pf.Pool
+	}
+	var variants []variant
+	for _, v := range []struct {
+		name          string
+		ws, coalesced bool
+	}{{"WebSocket", true, true}, {"SPDY", false, true}, {"WebSocket, frames not coalesced", true, false}, {"SPDY, frames not coalesced", false, false}} {
+		d := pf.NewRESTDialer(fw.Config, fw.Client.CoreV1().RESTClient(), v.ws)
+		d.CoalesceFrames = v.coalesced
+		pool := pf.NewPool(d, pf.Options{})
+		b.Cleanup(pool.Close)
+		if err := pool.Warm(context.Background(), ref); err != nil {
+			b.Fatal(err)
+		}
+		variants = append(variants, variant{v.name, pool})
+	}
+	open := map[string][]float64{}
+	request := map[string][]float64{}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	for range 40 {
+		for _, v := range variants {
+			for range 10 {
+				t0 := time.Now()
+				s, err := v.pool.Dial(context.Background(), ref, 8080)
+				if err != nil {
+					b.Fatal(err)
+				}
+				open[v.name] = append(open[v.name], ms(time.Since(t0)))
+				r := bufio.NewReader(s)
+				for i := range 3 {
+					t0 := time.Now()
+					rawGet(b, s, r, "/k")
+					if i > 0 { // the first request also waits for the pod's connect
+						request[v.name] = append(request[v.name], ms(time.Since(t0)))
+					}
+				}
+				s.Close()
+			}
+		}
+	}
+	for _, v := range variants {
+		b.Logf("%-32s open a stream %.2f ms, request on an open stream %.2f ms (medians of %d and %d)",
+			v.name, median(open[v.name]), median(request[v.name]), len(open[v.name]), len(request[v.name]))
+	}
+}
+
+// rawGet sends one HTTP/1.1 GET on conn and reads the whole response.
+func rawGet(t testing.TB, conn io.Writer, r *bufio.Reader, path string) {
+	t.Helper()
+	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: echo\r\n\r\n", path); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
 }

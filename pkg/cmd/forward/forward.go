@@ -62,7 +62,10 @@ var (
 		// Appended after LongDesc: its Markdown rendering would eat the underscores.
 		"\n\n With --env-file, or when a command follows '--', BRIDGE_<SERVICE>_URL, _HOST and _PORT\n" +
 		" describe the forwarded ports (BRIDGE_<SERVICE>_<PORTNAME>_URL and so on when a target has\n" +
-		" several). The command runs with them; the forward ends with it, with its exit code."
+		" several). The command runs with them; the forward ends with it, with its exit code.\n\n" +
+		" Like kubectl, forward talks to the API server over WebSocket and falls back to SPDY;\n" +
+		" KUBECTL_PORT_FORWARD_WEBSOCKETS=false (kubectl's own switch) uses SPDY at once, which\n" +
+		" moves bulk data faster where the API server accepts it."
 
 	forwardExample = templates.Examples(`
 		# Reach svc/db on localhost (its port 5432 → 127.0.0.1:5432 when free)

@@ -14,7 +14,8 @@ const spdyHeaderLen = 8
 //
 // The SPDY framer writes a data frame as three writes (stream id, flags and length, payload) and a
 // control frame as several. Over the WebSocket tunnel each Write becomes a WebSocket message, a
-// TLS record and a system call of its own, so a 100-byte request costs three of each. The framer
+// TLS record and a system call of its own, so a 100-byte request costs three of each; over a
+// SPDY upgrade each Write is a TLS record that the API server reads and forwards on its own. The framer
 // writes whole frames under one lock, so buffering until the length in the header is reached
 // and writing once never delays a frame.
 type frameCoalescer struct {

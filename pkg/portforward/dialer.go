@@ -55,8 +55,9 @@ type ConnectionDialer interface {
 // (SPDY tunnelled over WebSocket, the only way through some proxies and the default since
 // Kubernetes 1.31), falling back to a SPDY upgrade when the server does not support it.
 type RESTDialer struct {
-	// CoalesceFrames writes each SPDY frame to the WebSocket tunnel as one message instead of
-	// three or more (see frameCoalescer); on by default.
+	// CoalesceFrames writes each SPDY frame in one piece, as one WebSocket message or one write
+	// to the upgraded SPDY connection, instead of three or more (see frameCoalescer); on by
+	// default.
 	CoalesceFrames bool
 
 	config     *rest.Config

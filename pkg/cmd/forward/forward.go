@@ -102,7 +102,8 @@ type Options struct {
 	PodRunningTimeout time.Duration
 	// BufferSize is the copy buffer per direction and connection (hidden flag, for measurements).
 	BufferSize int
-	// CoalesceFrames sends each SPDY frame as one WebSocket message (hidden flag, for measurements).
+	// CoalesceFrames writes each SPDY frame in one piece, one WebSocket message or TLS record
+	// (hidden flag, for measurements).
 	CoalesceFrames bool
 
 	targets   []lib.TargetArg
@@ -160,7 +161,7 @@ func NewCmdForward(f cmdutil.Factory, streams genericiooptions.IOStreams) *cobra
 	flags.DurationVar(&o.ConnectTimeout, "connect-timeout", o.ConnectTimeout, "How long a new local connection waits for a ready pod before it is closed.")
 	flags.IntVar(&o.BufferSize, "buffer-size", portforward.DefaultBufferSize, "Copy buffer per direction and connection, in bytes.")
 	_ = flags.MarkHidden("buffer-size")
-	flags.BoolVar(&o.CoalesceFrames, "coalesce-frames", o.CoalesceFrames, "Send each SPDY frame as one WebSocket message.")
+	flags.BoolVar(&o.CoalesceFrames, "coalesce-frames", o.CoalesceFrames, "Write each SPDY frame in one piece (one WebSocket message or TLS record).")
 	_ = flags.MarkHidden("coalesce-frames")
 	cmdutil.AddPodRunningTimeoutFlag(cmd, defaultPodRunningTimeout)
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json"}, cobra.ShellCompDirectiveNoFileComp))

@@ -141,6 +141,9 @@ func (c *coalescingUpgrader) RoundTrip(req *http.Request) (*http.Response, error
 		conn.Close()
 		return nil, err
 	}
+	if c.conn != nil { // a redirect: only the last connection is upgraded
+		c.conn.Close()
+	}
 	c.conn = conn
 	return resp, nil
 }
@@ -149,11 +152,13 @@ func (c *coalescingUpgrader) NewConnection(resp *http.Response) (httpstream.Conn
 	if resp.StatusCode != http.StatusSwitchingProtocols ||
 		!strings.Contains(strings.ToLower(resp.Header.Get(httpstream.HeaderConnection)), "upgrade") ||
 		!strings.Contains(strings.ToLower(resp.Header.Get(httpstream.HeaderUpgrade)), strings.ToLower(apispdy.HeaderSpdy31)) {
+		// apimachinery's own check turns the refusal into the error kubectl prints; it reads the
+		// body, which still comes from the connection, so the connection closes after it.
+		_, err := c.rt.NewConnection(resp)
 		if c.conn != nil {
 			c.conn.Close()
 		}
-		// apimachinery's own check turns the refusal into the error kubectl prints.
-		return c.rt.NewConnection(resp)
+		return nil, err
 	}
 	return apispdy.NewClientConnectionWithPings(&frameCoalescer{Conn: c.conn}, clientportforward.PingPeriod)
 }

@@ -1,10 +1,12 @@
 package portforward
 
 import (
+	"bufio"
 	"encoding/binary"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -88,8 +90,16 @@ func TestSPDYUpgradeRefused(t *testing.T) {
 	client, server := net.Pipe()
 	defer server.Close()
 	up := &coalescingUpgrader{rt: rt, conn: client}
+	// The refusal's body arrives on the connection itself, as from a real server.
 	body := `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"pods \"x\" is forbidden: nope","reason":"Forbidden","code":403}`
-	resp := &http.Response{StatusCode: http.StatusForbidden, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(body))}
+	go func() {
+		_, _ = io.WriteString(server, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n")
+		_, _ = io.WriteString(server, body)
+	}()
+	resp, err := http.ReadResponse(bufio.NewReader(client), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := up.NewConnection(resp); err == nil || !strings.Contains(err.Error(), "is forbidden: nope") {
 		t.Fatalf("NewConnection = %v, want the Status message", err)
 	}

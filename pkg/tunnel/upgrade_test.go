@@ -14,9 +14,9 @@ import (
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel/tunneltest"
 )
 
-// acceptOnce serves one connection of a fresh TCP listener with Accept and returns the listener's
-// address and Accept's result.
-func acceptOnce(t *testing.T, timeout time.Duration) (string, chan net.Conn, chan error) {
+// acceptOnce serves one connection of a fresh TCP listener with Accept, dials it, and returns the
+// client side and Accept's result.
+func acceptOnce(t *testing.T, timeout time.Duration) (net.Conn, chan net.Conn, chan error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -38,7 +38,12 @@ func acceptOnce(t *testing.T, timeout time.Duration) (string, chan net.Conn, cha
 		}
 		conns <- tc
 	}()
-	return ln.Addr().String(), conns, errs
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c, conns, errs
 }
 
 // serveEcho runs a yamux server on conn that echoes its first stream.
@@ -67,12 +72,7 @@ func roundTrip(t *testing.T, conn net.Conn) {
 }
 
 func TestAcceptPortForward(t *testing.T) {
-	addr, conns, errs := acceptOnce(t, 5*time.Second)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, conns, errs := acceptOnce(t, 5*time.Second)
 	go func() {
 		select {
 		case tc := <-conns:
@@ -86,12 +86,7 @@ func TestAcceptPortForward(t *testing.T) {
 }
 
 func TestAcceptUpgrade(t *testing.T) {
-	addr, conns, errs := acceptOnce(t, 5*time.Second)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, conns, errs := acceptOnce(t, 5*time.Second)
 	// What the API server's proxy sends on after authorizing .../pods/NAME:PORT/proxy/tunnel.
 	req := "GET " + UpgradePath + " HTTP/1.1\r\nHost: 10.0.0.7:7070\r\nConnection: keep-alive, Upgrade\r\nUpgrade: " + UpgradeProtocol + "\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n"
 	if _, err := io.WriteString(c, req); err != nil {
@@ -138,12 +133,7 @@ func TestAcceptRefuses(t *testing.T) {
 			if tc.status == -1 {
 				timeout = 30 * time.Second
 			}
-			addr, conns, errs := acceptOnce(t, timeout)
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c, conns, errs := acceptOnce(t, timeout)
 			if _, err := io.WriteString(c, tc.send); err != nil {
 				t.Fatal(err)
 			}

@@ -62,7 +62,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.pool = portforward.NewPool(portforward.NewRESTDialer(e.kubelet.Config(), cs.CoreV1().RESTClient(), false), portforward.Options{})
+	e.pool = portforward.NewPool(portforward.NewRESTDialer(e.kubelet.Config(), cs.CoreV1().RESTClient(), portforward.SPDYOnly), portforward.Options{})
 	t.Cleanup(e.pool.Close)
 	return e
 }

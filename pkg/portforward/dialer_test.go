@@ -3,14 +3,18 @@ package portforward
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	apispdy "k8s.io/apimachinery/pkg/util/httpstream/spdy"
 )
@@ -48,7 +52,7 @@ func TestSPDYUpgradeCoalescesFrames(t *testing.T) {
 	defer srv.Close()
 
 	log := &writeLog{Conn: client}
-	up := &coalescingUpgrader{conn: log}
+	up := &coalescingUpgrader{conn: log, coalesce: true}
 	resp := &http.Response{StatusCode: http.StatusSwitchingProtocols, Header: http.Header{
 		"Connection": {"Upgrade"}, "Upgrade": {apispdy.HeaderSpdy31},
 	}}
@@ -81,29 +85,114 @@ func TestSPDYUpgradeCoalescesFrames(t *testing.T) {
 	}
 }
 
-// TestSPDYUpgradeRefused keeps apimachinery's error for a refused upgrade (what kubectl prints).
-func TestSPDYUpgradeRefused(t *testing.T) {
+// refuseUpgrade answers a SPDY upgrade with status and a body of contentType, which arrives on
+// the upgraded connection itself, as from a real server, and returns the client side of the
+// connection and NewConnection's error.
+func refuseUpgrade(t *testing.T, status, contentType, body string) (net.Conn, error) {
+	t.Helper()
 	rt, err := apispdy.NewRoundTripper(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	client, server := net.Pipe()
-	defer server.Close()
+	t.Cleanup(func() { server.Close() })
 	up := &coalescingUpgrader{rt: rt, conn: client}
-	// The refusal's body arrives on the connection itself, as from a real server.
-	body := `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"pods \"x\" is forbidden: nope","reason":"Forbidden","code":403}`
 	go func() {
-		_, _ = io.WriteString(server, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n")
+		_, _ = io.WriteString(server, "HTTP/1.1 "+status+"\r\nContent-Type: "+contentType+"\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n")
 		_, _ = io.WriteString(server, body)
 	}()
 	resp, err := http.ReadResponse(bufio.NewReader(client), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := up.NewConnection(resp); err == nil || !strings.Contains(err.Error(), "is forbidden: nope") {
+	_, err = up.NewConnection(resp)
+	return client, err
+}
+
+// TestSPDYUpgradeRefused keeps apimachinery's error for a refused upgrade (what kubectl prints).
+func TestSPDYUpgradeRefused(t *testing.T) {
+	client, err := refuseUpgrade(t, "403 Forbidden", "application/json",
+		`{"kind":"Status","apiVersion":"v1","status":"Failure","message":"pods \"x\" is forbidden: nope","reason":"Forbidden","code":403}`)
+	if err == nil || !strings.Contains(err.Error(), "is forbidden: nope") {
 		t.Fatalf("NewConnection = %v, want the Status message", err)
+	}
+	// The API server's own answer about the request: WebSocket would get it too.
+	if !apierrors.IsForbidden(err) || spdyRefused(err) {
+		t.Errorf("NewConnection = %v: IsForbidden %v, worth a WebSocket attempt %v; want true, false", err, apierrors.IsForbidden(err), spdyRefused(err))
 	}
 	if _, err := client.Write([]byte("x")); err == nil {
 		t.Error("the refused connection was left open")
+	}
+}
+
+// TestSPDYUpgradeRefusedByGateway: an answer that is not the API server's (a gateway that passes
+// only WebSockets) is worth a WebSocket attempt.
+func TestSPDYUpgradeRefusedByGateway(t *testing.T) {
+	_, err := refuseUpgrade(t, "400 Bad Request", "text/plain", "this gateway does not pass SPDY/3.1 upgrades\n")
+	if err == nil || !strings.Contains(err.Error(), "does not pass SPDY") || !spdyRefused(err) {
+		t.Fatalf("NewConnection = %v, want the gateway's message and a refusal worth a WebSocket attempt", err)
+	}
+}
+
+// TestRESTDialerOrder checks which protocols a dial tries, in which order, and what a fallback
+// leaves remembered for the next dial.
+func TestRESTDialerOrder(t *testing.T) {
+	refused := &refusedUpgradeError{errors.New("unable to upgrade connection: 400 Bad Request")}
+	forbidden := &refusedUpgradeError{apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "x", errors.New("nope"))}
+	wsRefused := &httpstream.UpgradeFailureError{Cause: errors.New("400 Bad Request")}
+	unreachable := errors.New("dial tcp 10.0.0.1:6443: connect: connection refused")
+	for _, tc := range []struct {
+		name      string
+		transport Transport
+		spdy, ws  error
+		// tried lists the protocols of two dials in a row, "|" between the dials.
+		tried   string
+		wantErr string
+	}{
+		{"spdy first", SPDYFirst, nil, nil, "spdy|spdy", ""},
+		{"spdy refused by a gateway, remembered", SPDYFirst, refused, nil, "spdy ws|ws", ""},
+		{"spdy forbidden: no fallback", SPDYFirst, forbidden, nil, "spdy|spdy", "forbidden"},
+		{"api server unreachable: no fallback", SPDYFirst, unreachable, nil, "spdy|spdy", "connection refused"},
+		{"both refused: both reported, not remembered", SPDYFirst, refused, errors.New("websocket: bad handshake"), "spdy ws|spdy ws", "400 Bad Request (over WebSocket: websocket: bad handshake)"},
+		{"kubectl's order", WebSocketFirst, nil, nil, "ws|ws", ""},
+		{"kubectl's order, websocket refused, remembered", WebSocketFirst, nil, wsRefused, "ws spdy|spdy", ""},
+		{"spdy only", SPDYOnly, refused, nil, "spdy|spdy", "400 Bad Request"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := NewRESTDialer(nil, nil, tc.transport)
+			var tried []string
+			d.spdy = func(*url.URL) (httpstream.Connection, string, error) {
+				tried = append(tried, "spdy")
+				return nil, "", tc.spdy
+			}
+			d.webSocket = func(*url.URL) (httpstream.Connection, string, error) {
+				tried = append(tried, "ws")
+				return nil, "", tc.ws
+			}
+			var dials []string
+			var err error
+			for range 2 {
+				tried = nil
+				_, _, err = d.dial(&url.URL{})
+				dials = append(dials, strings.Join(tried, " "))
+			}
+			if got := strings.Join(dials, "|"); got != tc.tried {
+				t.Errorf("tried %q, want %q", got, tc.tried)
+			}
+			if (err == nil) != (tc.wantErr == "") || err != nil && !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("err = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestTransportFromEnv(t *testing.T) {
+	for value, want := range map[string]Transport{"": SPDYFirst, "false": SPDYOnly, "FALSE": SPDYOnly, "true": WebSocketFirst, "1": SPDYFirst} {
+		if got := TransportFromEnv(value, SPDYFirst); got != want {
+			t.Errorf("TransportFromEnv(%q) = %v, want %v", value, got, want)
+		}
+	}
+	if got := TransportFromEnv("", WebSocketFirst); got != WebSocketFirst {
+		t.Errorf("TransportFromEnv(\"\", WebSocketFirst) = %v", got)
 	}
 }

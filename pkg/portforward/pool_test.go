@@ -82,7 +82,7 @@ func newClusterWith(t testing.TB, backend func(portforward.PodRef, int32) (strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := portforward.NewPool(portforward.NewRESTDialer(k.Config(), cs.CoreV1().RESTClient(), true), portforward.Options{DialTimeout: 5 * time.Second})
+	pool := portforward.NewPool(portforward.NewRESTDialer(k.Config(), cs.CoreV1().RESTClient(), portforward.WebSocketFirst), portforward.Options{DialTimeout: 5 * time.Second})
 	t.Cleanup(pool.Close)
 	return &cluster{kubelet: k, pool: pool}
 }
@@ -275,7 +275,7 @@ func TestDialFailureIsNotCached(t *testing.T) {
 	})
 	c := newCluster(t)
 	cs, _ := kubernetes.NewForConfig(c.kubelet.Config())
-	pool := portforward.NewPool(wrapDialer{d, portforward.NewRESTDialer(c.kubelet.Config(), cs.CoreV1().RESTClient(), false)}, portforward.Options{})
+	pool := portforward.NewPool(wrapDialer{d, portforward.NewRESTDialer(c.kubelet.Config(), cs.CoreV1().RESTClient(), portforward.SPDYOnly)}, portforward.Options{})
 	defer pool.Close()
 	if _, err := pool.Dial(context.Background(), podA, 80); err == nil || !strings.Contains(err.Error(), "boom") {
 		t.Fatalf("first dial = %v, want boom", err)

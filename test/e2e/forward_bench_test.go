@@ -113,7 +113,7 @@ func inProcessForward(t testing.TB, ns string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := pf.NewPool(pf.NewRESTDialer(fw.Config, fw.Client.CoreV1().RESTClient(), true), pf.Options{})
+	pool := pf.NewPool(pf.NewRESTDialer(fw.Config, fw.Client.CoreV1().RESTClient(), pf.SPDYFirst), pf.Options{})
 	t.Cleanup(pool.Close)
 	f, err := libforward.New(libforward.Config{Client: fw.Client, Pool: pool, Targets: []*libforward.Target{target}})
 	if err != nil {
@@ -189,16 +189,17 @@ func BenchmarkForwardThroughput(b *testing.B) {
 		}
 		variants = append(variants, variant{name, doc.url(t, "svc/echo", "")})
 	}
-	// The same two over SPDY straight to the API server (KUBECTL_PORT_FORWARD_WEBSOCKETS=false,
-	// kubectl's own switch, which forward honours too): what kubefwd uses, and faster in bulk.
-	withSPDY(func() {
+	// kubectl over SPDY (KUBECTL_PORT_FORWARD_WEBSOCKETS=false, kubectl's own switch): the
+	// transport kubefwd uses, and the one forward tries first.
+	withPortForwardWebsockets("false", func() {
 		if url, ok := kubectlBinaryPortForward(t, ns, pod); ok {
 			variants = append(variants, variant{"kubectl port-forward (kubectl binary), SPDY", url})
 		}
+	})
+	// forward in kubectl's order (=true), WebSocket first: its default before session 7.
+	withPortForwardWebsockets("true", func() {
 		_, doc := startForward(t, ns, "svc/echo")
-		variants = append(variants, variant{"kubectl bridge forward, 128 KiB buffers, SPDY", doc.url(t, "svc/echo", "")})
-		_, raw := startForward(t, ns, "svc/echo", "--coalesce-frames=false")
-		variants = append(variants, variant{"kubectl bridge forward, 128 KiB buffers, SPDY, frames not coalesced", raw.url(t, "svc/echo", "")})
+		variants = append(variants, variant{"kubectl bridge forward, 128 KiB buffers, WebSocket", doc.url(t, "svc/echo", "")})
 	})
 	// The cluster runs on this machine: its pod network is reachable directly, which is the
 	// in-cluster baseline without a port-forward on the way.
@@ -239,11 +240,11 @@ func BenchmarkForwardThroughput(b *testing.B) {
 	}
 }
 
-// withSPDY runs start with KUBECTL_PORT_FORWARD_WEBSOCKETS=false in this process's environment,
-// which the kubectl and kubectl-bridge processes it starts inherit.
-func withSPDY(start func()) {
+// withPortForwardWebsockets runs start with KUBECTL_PORT_FORWARD_WEBSOCKETS=value in this
+// process's environment, which the kubectl and kubectl-bridge processes it starts inherit.
+func withPortForwardWebsockets(value string, start func()) {
 	old, had := os.LookupEnv("KUBECTL_PORT_FORWARD_WEBSOCKETS")
-	_ = os.Setenv("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
+	_ = os.Setenv("KUBECTL_PORT_FORWARD_WEBSOCKETS", value)
 	defer func() {
 		if had {
 			_ = os.Setenv("KUBECTL_PORT_FORWARD_WEBSOCKETS", old)
@@ -285,17 +286,19 @@ func BenchmarkForwardLatency(b *testing.B) {
 		b.Fatal("kubectl not on PATH: hack/bench.sh puts the pinned one there")
 	}
 	_, doc := startForward(b, ns, "svc/echo")
-	variants := []struct{ name, url string }{{"kubectl-port-forward", kpf}, {"bridge-forward", doc.url(b, "svc/echo", "")}}
-	// SPDY straight to the API server (the fallback, and what kubefwd uses), with the frames
-	// coalesced (the default) and not.
-	withSPDY(func() {
+	_, raw := startForward(b, ns, "svc/echo", "--coalesce-frames=false")
+	variants := []struct{ name, url string }{{"kubectl-port-forward", kpf}, {"bridge-forward", doc.url(b, "svc/echo", "")},
+		{"bridge-forward-uncoalesced", raw.url(b, "svc/echo", "")}}
+	// kubectl over SPDY (what kubefwd uses, and forward's default), and forward in kubectl's
+	// order, WebSocket first.
+	withPortForwardWebsockets("false", func() {
 		if url, ok := kubectlBinaryPortForward(b, ns, pod); ok {
 			variants = append(variants, struct{ name, url string }{"kubectl-port-forward-spdy", url})
 		}
+	})
+	withPortForwardWebsockets("true", func() {
 		_, doc := startForward(b, ns, "svc/echo")
-		_, raw := startForward(b, ns, "svc/echo", "--coalesce-frames=false")
-		variants = append(variants, struct{ name, url string }{"bridge-forward-spdy", doc.url(b, "svc/echo", "")},
-			struct{ name, url string }{"bridge-forward-spdy-uncoalesced", raw.url(b, "svc/echo", "")})
+		variants = append(variants, struct{ name, url string }{"bridge-forward-websocket", doc.url(b, "svc/echo", "")})
 	})
 	variants = append(variants, struct{ name, url string }{"direct-pod", "http://" + net.JoinHostPort(p.Status.PodIP, "8080")})
 	for _, v := range variants {
@@ -318,10 +321,11 @@ func BenchmarkPortForwardTransports(b *testing.B) {
 	}
 	var variants []variant
 	for _, v := range []struct {
-		name          string
-		ws, coalesced bool
-	}{{"WebSocket", true, true}, {"SPDY", false, true}, {"WebSocket, frames not coalesced", true, false}, {"SPDY, frames not coalesced", false, false}} {
-		d := pf.NewRESTDialer(fw.Config, fw.Client.CoreV1().RESTClient(), v.ws)
+		name      string
+		transport pf.Transport
+		coalesced bool
+	}{{"WebSocket", pf.WebSocketFirst, true}, {"SPDY", pf.SPDYOnly, true}, {"WebSocket, frames not coalesced", pf.WebSocketFirst, false}, {"SPDY, frames not coalesced", pf.SPDYOnly, false}} {
+		d := pf.NewRESTDialer(fw.Config, fw.Client.CoreV1().RESTClient(), v.transport)
 		d.CoalesceFrames = v.coalesced
 		pool := pf.NewPool(d, pf.Options{})
 		b.Cleanup(pool.Close)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -614,53 +613,5 @@ func neverReady(t *testing.T, ns, name string) {
 	}
 	if _, err := fw.Client.AppsV1().Deployments(ns).Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// TestForwardOverSPDY forwards over a SPDY upgrade straight to the API server (kubectl's
-// KUBECTL_PORT_FORWARD_WEBSOCKETS=false, and the path every WebSocket refusal falls back to), where
-// forward writes each SPDY frame in one piece: small requests on new and kept-alive connections,
-// and 16 MiB each way, arrive whole.
-func TestForwardOverSPDY(t *testing.T) {
-	t.Setenv("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
-	ns, pod := echoPod(t)
-	p, doc := startForward(t, ns, "svc/echo")
-	url := doc.url(t, "svc/echo", "")
-	for _, c := range []*http.Client{newConnClient(), {Timeout: time.Minute}} {
-		for i := 0; i < 20; i++ {
-			got, err := askPod(c, url+"/spdy")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != pod {
-				t.Fatalf("served by %q, want %q", got, pod)
-			}
-		}
-	}
-	const size = 16 << 20
-	resp, err := http.Get(url + "/bulk?bytes=" + strconv.Itoa(size))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if err != nil || n != size {
-		t.Fatalf("downloaded %d of %d bytes: %v", n, size, err)
-	}
-	resp, err = http.Post(url+"/sink", "application/octet-stream", io.LimitReader(zeroes{}, size))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r struct {
-		Body string `json:"body"` // the byte count the pod read
-	}
-	err = json.NewDecoder(resp.Body).Decode(&r)
-	resp.Body.Close()
-	if err != nil || r.Body != strconv.Itoa(size) {
-		t.Fatalf("the pod received %q bytes of %d: %v", r.Body, size, err)
-	}
-	p.Signal(syscall.SIGINT)
-	if res := p.Wait(30 * time.Second); res.ExitCode != 0 {
-		t.Fatalf("forward exited %d after Ctrl-C: %s", res.ExitCode, res.Stderr)
 	}
 }

@@ -83,7 +83,7 @@ func BenchmarkInterceptPaths(b *testing.B) {
 	var ic *framework.Process
 	startIntercept := func() { ic = fw.StartBridge(b, args...) }
 	if os.Getenv("BRIDGE_BENCH_SPDY") != "" {
-		withSPDY(startIntercept)
+		withPortForwardWebsockets("false", startIntercept)
 	} else {
 		startIntercept()
 	}

@@ -596,7 +596,7 @@ func TestInterceptForgedAttach(t *testing.T) {
 	if err != nil || len(pods.Items) != 1 {
 		t.Fatalf("agent pods: %v %v", pods, err)
 	}
-	pool := portforward.NewPool(portforward.NewRESTDialer(fw.Config, fw.Client.CoreV1().RESTClient(), true), portforward.Options{})
+	pool := portforward.NewPool(portforward.NewRESTDialer(fw.Config, fw.Client.CoreV1().RESTClient(), portforward.WebSocketFirst), portforward.Options{})
 	defer pool.Close()
 	proxy, err := podproxy.NewDialer(fw.Config, fw.Client.CoreV1().RESTClient(), tunnel.UpgradePath, tunnel.UpgradeProtocol)
 	if err != nil {

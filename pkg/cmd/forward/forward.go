@@ -63,9 +63,11 @@ var (
 		"\n\n With --env-file, or when a command follows '--', BRIDGE_<SERVICE>_URL, _HOST and _PORT\n" +
 		" describe the forwarded ports (BRIDGE_<SERVICE>_<PORTNAME>_URL and so on when a target has\n" +
 		" several). The command runs with them; the forward ends with it, with its exit code.\n\n" +
-		" Like kubectl, forward talks to the API server over WebSocket and falls back to SPDY;\n" +
-		" KUBECTL_PORT_FORWARD_WEBSOCKETS=false (kubectl's own switch) uses SPDY at once, which\n" +
-		" moves bulk data faster where the API server accepts it."
+		" forward talks to the API server over SPDY, which moves bulk data faster and costs the\n" +
+		" API server less than kubectl's WebSocket tunnel, and falls back to WebSocket where\n" +
+		" something in between refuses SPDY. kubectl's own switch chooses otherwise:\n" +
+		" KUBECTL_PORT_FORWARD_WEBSOCKETS=true tries WebSocket first (kubectl's order), =false\n" +
+		" uses SPDY only."
 
 	forwardExample = templates.Examples(`
 		# Reach svc/db on localhost (its port 5432 → 127.0.0.1:5432 when free)
@@ -114,8 +116,8 @@ type Options struct {
 	client    kubernetes.Interface
 	config    *rest.Config
 	builder   func() *resource.Builder
-	// websockets is false when KUBECTL_PORT_FORWARD_WEBSOCKETS=false, as for kubectl.
-	websockets bool
+	// transport is SPDY first, or what kubectl's KUBECTL_PORT_FORWARD_WEBSOCKETS asks for.
+	transport portforward.Transport
 
 	genericiooptions.IOStreams
 }
@@ -201,7 +203,7 @@ func (o *Options) Complete(f cmdutil.Factory, cmd *cobra.Command, args []string)
 		return fmt.Errorf("build client: %w", err)
 	}
 	o.builder = f.NewBuilder
-	o.websockets = !cmdutil.PortForwardWebsockets.IsDisabled()
+	o.transport = portforward.TransportFromEnv(os.Getenv(string(cmdutil.PortForwardWebsockets)), portforward.SPDYFirst)
 	return nil
 }
 
@@ -258,7 +260,7 @@ func (o *Options) Run(ctx context.Context) error {
 		events = o.ErrOut
 	}
 
-	dialer := portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(), o.websockets)
+	dialer := portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(), o.transport)
 	dialer.CoalesceFrames = o.CoalesceFrames
 	pool := portforward.NewPool(dialer, portforward.Options{})
 	defer pool.Close()

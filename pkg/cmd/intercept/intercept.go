@@ -378,7 +378,10 @@ func transportName(t string) string {
 func (o *Options) serve(ctx context.Context, ic *lib.Intercept, started time.Time) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pool := portforward.NewPool(portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(), !cmdutil.PortForwardWebsockets.IsDisabled()), portforward.Options{})
+	pool := portforward.NewPool(portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(),
+		// WebSocket first for the tunnel: yamux's small frames measured slower over SPDY
+		// (session 4, before SPDY frames were coalesced), unlike forward's.
+		portforward.TransportFromEnv(os.Getenv(string(cmdutil.PortForwardWebsockets)), portforward.WebSocketFirst)), portforward.Options{})
 	defer pool.Close()
 	dialer := &lib.TunnelDialer{
 		Mode: o.Tunnel,

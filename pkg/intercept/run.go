@@ -9,8 +9,11 @@ import (
 	"net"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/cleanup"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/inventory"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/objects"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/session"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
@@ -100,15 +103,56 @@ func (i *Intercept) Close(ctx context.Context, out io.Writer) (Closed, error) {
 		fmt.Fprintf(out, "The agent keeps serving %d other session(s) on service %s.\n", live, p.svc.Name)
 		return Closed{}, nil
 	}
-	acts := cleanup.ServiceTeardown(inventory.ServiceKey{Namespace: p.cfg.Namespace, Name: p.svc.Name}, nil)
-	// ServiceTeardown puts the restore first.
-	if err := cleanup.Execute(ctx, p.cfg.Client, acts[:1], false, io.Discard); err != nil {
+	// Restore first: the original pods take new connections at once. Then the agent goes, and
+	// the shadow Service and RBAC only once its pod is gone: until kube-proxy has caught up with
+	// the restore, the stopping agent keeps taking connections (it drains), and it sends those no
+	// session wants to the original pods through the shadow Service.
+	var restore, agent, rest []cleanup.Action
+	for _, a := range cleanup.ServiceTeardown(inventory.ServiceKey{Namespace: p.cfg.Namespace, Name: p.svc.Name}, nil) {
+		switch {
+		case a.Verb == cleanup.VerbRestore:
+			restore = append(restore, a)
+		case a.Kind == cleanup.KindJob:
+			agent = append(agent, a)
+		default:
+			rest = append(rest, a)
+		}
+	}
+	if err := cleanup.Execute(ctx, p.cfg.Client, restore, false, io.Discard); err != nil {
 		return Closed{}, fmt.Errorf("restore service %s: %w (%s)", p.svc.Name, err, undo)
 	}
 	res := Closed{Restored: true, SelectorRestored: time.Since(start)}
-	if err := cleanup.Execute(ctx, p.cfg.Client, acts[1:], false, io.Discard); err != nil {
+	if err := cleanup.Execute(ctx, p.cfg.Client, agent, false, io.Discard); err != nil {
+		return res, fmt.Errorf("remove the agent of service %s: %w (%s)", p.svc.Name, err, undo)
+	}
+	i.waitAgentGone(ctx)
+	if err := cleanup.Execute(ctx, p.cfg.Client, rest, false, io.Discard); err != nil {
 		return res, fmt.Errorf("remove the agent of service %s: %w (%s)", p.svc.Name, err, undo)
 	}
 	res.AgentRemoved = time.Since(start)
 	return res, nil
+}
+
+// agentGoneTimeout bounds the wait for the agent's pod to end: its drain (2 s) and the grace it
+// gives connections in flight (10 s) fit in its pod's termination grace period of 15 s.
+const agentGoneTimeout = 20 * time.Second
+
+// waitAgentGone waits until no pod of the agent's Job is left, at most agentGoneTimeout; after
+// that, or when listing fails, teardown goes on (clean, or the agent, remove what stays).
+func (i *Intercept) waitAgentGone(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, agentGoneTimeout)
+	defer cancel()
+	sel := metav1.ListOptions{LabelSelector: "job-name=" + objects.AgentName(i.plan.svc.Name)}
+	pods := i.plan.cfg.Client.CoreV1().Pods(i.plan.cfg.Namespace)
+	for {
+		l, err := pods.List(ctx, sel)
+		if err != nil || len(l.Items) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/cleanup"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/inventory"
@@ -140,19 +141,10 @@ const agentGoneTimeout = 20 * time.Second
 // waitAgentGone waits until no pod of the agent's Job is left, at most agentGoneTimeout; after
 // that, or when listing fails, teardown goes on (clean, or the agent, remove what stays).
 func (i *Intercept) waitAgentGone(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, agentGoneTimeout)
-	defer cancel()
 	sel := metav1.ListOptions{LabelSelector: "job-name=" + objects.AgentName(i.plan.svc.Name)}
 	pods := i.plan.cfg.Client.CoreV1().Pods(i.plan.cfg.Namespace)
-	for {
+	_ = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, agentGoneTimeout, true, func(ctx context.Context) (bool, error) {
 		l, err := pods.List(ctx, sel)
-		if err != nil || len(l.Items) == 0 {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+		return err != nil || len(l.Items) == 0, nil
+	})
 }

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -379,11 +378,7 @@ func BenchmarkForwardLatency(b *testing.B) {
 		if b.N < perTurn {
 			return // testing's first call, b.N = 1: a warm-up, not a sample
 		}
-		pct := func(key string, q float64) float64 {
-			l := slices.Clone(lat[key])
-			slices.Sort(l)
-			return float64(l[int(q*float64(len(l)-1))].Microseconds()) / 1000
-		}
+		pct := func(key string, q float64) float64 { return percentileMs(lat[key], q) }
 		for _, v := range variants {
 			line := fmt.Sprintf("%-34s", v.name)
 			for _, m := range modes {

@@ -289,9 +289,13 @@ func localPercentiles(b *testing.B, url string, newConn bool, n int) (p50, p99 f
 		resp.Body.Close()
 		lat = append(lat, time.Since(t0))
 	}
+	return percentileMs(lat, 0.5), percentileMs(lat, 0.99)
+}
+
+// percentileMs returns the q-quantile of lat in ms (lat is sorted, in place).
+func percentileMs(lat []time.Duration, q float64) float64 {
 	slices.Sort(lat)
-	ms := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
-	return ms(0.5), ms(0.99)
+	return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000
 }
 
 // localBulk downloads url count times from this machine and returns MB/s.

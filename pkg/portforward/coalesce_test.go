@@ -62,3 +62,50 @@ func TestFrameCoalescer(t *testing.T) {
 		t.Errorf("%d bytes left buffered", len(c.buf))
 	}
 }
+
+// TestFrameCoalescerHold: frames written while held leave in one write at the last release, and
+// a partial frame stays behind until it is complete.
+func TestFrameCoalescerHold(t *testing.T) {
+	rec := &recordingConn{}
+	c := &frameCoalescer{Conn: rec}
+	f, err := spdy.NewFramer(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want bytes.Buffer
+	direct, err := spdy.NewFramer(&want, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames := []spdy.Frame{
+		&spdy.SynStreamFrame{StreamId: 1, Headers: http.Header{"Streamtype": {"error"}}},
+		&spdy.SynStreamFrame{StreamId: 3, Headers: http.Header{"Streamtype": {"data"}}},
+		&spdy.DataFrame{StreamId: 1, Flags: spdy.DataFlagFin},
+	}
+	c.hold()
+	c.hold() // nested: a second opener at the same time
+	for _, fr := range frames {
+		if err := f.WriteFrame(fr); err != nil {
+			t.Fatal(err)
+		}
+		if err := direct.WriteFrame(fr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Half of a frame's header, as the framer's first piece of a data frame.
+	if _, err := c.Write([]byte{0, 0, 0, 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.release(); err != nil || len(rec.writes) != 0 {
+		t.Fatalf("inner release: %v, %d writes; want none while still held", err, len(rec.writes))
+	}
+	if err := c.release(); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.writes) != 1 || !bytes.Equal(rec.writes[0], want.Bytes()) {
+		t.Fatalf("%d writes (%q), want the three frames in one write (%q)", len(rec.writes), rec.writes, want.Bytes())
+	}
+	if !bytes.Equal(c.buf, []byte{0, 0, 0, 3}) {
+		t.Errorf("buffered %q, want the partial frame", c.buf)
+	}
+}

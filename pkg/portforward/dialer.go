@@ -102,6 +102,9 @@ type RESTDialer struct {
 	// to the upgraded SPDY connection, instead of three or more (see frameCoalescer); on by
 	// default.
 	CoalesceFrames bool
+	// EarlyData lets a forwarded connection's first bytes follow its streams' SYN frames instead
+	// of waiting for the server's replies (see clientConn); on by default.
+	EarlyData bool
 
 	config    *rest.Config
 	client    rest.Interface
@@ -116,7 +119,7 @@ type RESTDialer struct {
 // NewRESTDialer returns a dialer for the cluster of config. client is a core/v1 REST client (e.g.
 // clientset.CoreV1().RESTClient()), used to build the pods/portforward URLs.
 func NewRESTDialer(config *rest.Config, client rest.Interface, transport Transport) *RESTDialer {
-	d := &RESTDialer{config: config, client: client, transport: transport, CoalesceFrames: true}
+	d := &RESTDialer{config: config, client: client, transport: transport, CoalesceFrames: true, EarlyData: true}
 	d.spdy, d.webSocket = d.dialSPDY, d.dialWebSocket
 	return d
 }
@@ -127,6 +130,9 @@ func (d *RESTDialer) DialPod(ctx context.Context, pod PodRef) (httpstream.Connec
 	conn, err := dialContext(ctx, func() (httpstream.Connection, string, error) { return d.dial(u) })
 	if err != nil {
 		return nil, fmt.Errorf("port-forward to pod %s: %w", pod, err)
+	}
+	if !d.EarlyData {
+		return waitingConn{conn}, nil
 	}
 	return conn, nil
 }
@@ -248,7 +254,11 @@ func (c *coalescingUpgrader) NewConnection(resp *http.Response) (httpstream.Conn
 	if c.coalesce {
 		conn = &frameCoalescer{Conn: conn}
 	}
-	return apispdy.NewClientConnectionWithPings(conn, clientportforward.PingPeriod)
+	pc, err := newClientConn(conn, clientportforward.PingPeriod)
+	if err != nil {
+		return nil, err
+	}
+	return pc, nil
 }
 
 // dialWebSocket is client-go's NewSPDYOverWebsocketDialer with the frame coalescer between the
@@ -271,9 +281,8 @@ func (d *RESTDialer) dialWebSocket(u *url.URL) (httpstream.Connection, string, e
 	if d.CoalesceFrames {
 		conn = &frameCoalescer{Conn: conn}
 	}
-	spdyConn, err := apispdy.NewClientConnectionWithPings(conn, clientportforward.PingPeriod)
+	spdyConn, err := newClientConn(conn, clientportforward.PingPeriod)
 	if err != nil {
-		conn.Close()
 		return nil, "", err
 	}
 	return spdyConn, protocol, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -275,11 +276,47 @@ type streamResult struct {
 	err error
 }
 
-// openStream creates the error and data streams of one forwarded connection. Both are created
-// concurrently: the kubelet pairs them by request id in any order, and doing so saves a round trip
-// through the API server on every connection.
+// streamOpener is a connection that opens streams without waiting for the server's reply and
+// can send several frames in one write (clientConn).
+type streamOpener interface {
+	OpenStream(headers http.Header) (httpstream.Stream, <-chan error, error)
+	Batch(fn func()) error
+}
+
+// openStream creates the error and data streams of one forwarded connection. When the
+// connection allows it, neither waits for the server's reply, and both SYN frames and the error
+// stream's end leave in one write, so the first bytes follow at once; otherwise both are created
+// concurrently: the kubelet pairs them by request id in any order. Either way a round trip
+// through the API server is saved on every connection.
 func (c *podConn) openStream(ctx context.Context, port int32) (*Stream, error) {
 	headers := streamHeaders(port, c.nextRequestID.Add(1)-1)
+	if o, ok := c.conn.(streamOpener); ok {
+		var errs, data httpstream.Stream
+		var err error
+		if berr := o.Batch(func() {
+			if errs, _, err = o.OpenStream(headers.errorStream); err != nil {
+				return
+			}
+			if data, _, err = o.OpenStream(headers.dataStream); err != nil {
+				return
+			}
+			// We never write to the error stream; the kubelet writes at most one message.
+			err = errs.Close()
+		}); err == nil {
+			err = berr
+		}
+		if err != nil {
+			for _, s := range []httpstream.Stream{data, errs} {
+				if s != nil {
+					s.Reset()
+					c.conn.RemoveStreams(s)
+				}
+			}
+			return nil, fmt.Errorf("open port-forward stream to pod %s port %d: %w", c.pod, port, err)
+		}
+		c.active.Add(1)
+		return newStream(c, port, data, errs), nil
+	}
 	errCh := make(chan streamResult, 1)
 	go func() {
 		s, err := c.conn.CreateStream(headers.errorStream)

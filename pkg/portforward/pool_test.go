@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward"
@@ -215,6 +216,14 @@ func TestReconnectAfterKubeletClosesConnection(t *testing.T) {
 	c.kubelet.CloseConnections(podA)
 	if _, err := io.ReadAll(old); err != nil {
 		t.Logf("old stream ended with %v", err)
+	}
+	// The old stream ends when its reset arrives, a moment before the connection's GOAWAY and
+	// close are read; a stream opened in between is lost like any in flight (early data, see
+	// clientConn). What the pool promises starts once it has seen the close.
+	if err := wait.PollUntilContextTimeout(ctx, time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		return !c.pool.Connected(podA), nil
+	}); err != nil {
+		t.Fatal("the pool never noticed that the kubelet closed the connection")
 	}
 	s, err := c.pool.Dial(ctx, podA, 80)
 	if err != nil {

@@ -107,6 +107,9 @@ type Options struct {
 	// CoalesceFrames writes each SPDY frame in one piece, one WebSocket message or TLS record
 	// (hidden flag, for measurements).
 	CoalesceFrames bool
+	// EarlyData sends a connection's first bytes without waiting for the kubelet to acknowledge
+	// its streams (hidden flag, for measurements).
+	EarlyData bool
 
 	targets   []lib.TargetArg
 	command   []string
@@ -129,6 +132,7 @@ func NewOptions(streams genericiooptions.IOStreams) *Options {
 		ConnectTimeout:    lib.DefaultConnectTimeout,
 		PodRunningTimeout: defaultPodRunningTimeout,
 		CoalesceFrames:    true,
+		EarlyData:         true,
 		IOStreams:         streams,
 	}
 }
@@ -165,6 +169,8 @@ func NewCmdForward(f cmdutil.Factory, streams genericiooptions.IOStreams) *cobra
 	_ = flags.MarkHidden("buffer-size")
 	flags.BoolVar(&o.CoalesceFrames, "coalesce-frames", o.CoalesceFrames, "Write each SPDY frame in one piece (one WebSocket message or TLS record).")
 	_ = flags.MarkHidden("coalesce-frames")
+	flags.BoolVar(&o.EarlyData, "early-data", o.EarlyData, "Send a connection's first bytes without waiting for the kubelet to acknowledge its streams.")
+	_ = flags.MarkHidden("early-data")
 	cmdutil.AddPodRunningTimeoutFlag(cmd, defaultPodRunningTimeout)
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
@@ -262,6 +268,7 @@ func (o *Options) Run(ctx context.Context) error {
 
 	dialer := portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(), o.transport)
 	dialer.CoalesceFrames = o.CoalesceFrames
+	dialer.EarlyData = o.EarlyData
 	pool := portforward.NewPool(dialer, portforward.Options{})
 	defer pool.Close()
 	printer := &eventPrinter{w: events}

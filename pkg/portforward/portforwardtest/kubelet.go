@@ -31,6 +31,10 @@ type Kubelet struct {
 	// Backend returns the TCP address serving port of pod, or an error to report on the error
 	// stream (e.g. the pod is gone).
 	Backend func(pod portforward.PodRef, port int32) (string, error)
+	// AcceptStream, when set, runs before the kubelet replies to a new stream: it may block
+	// (holding the reply back) or refuse the stream, which is then reset unanswered. Streams are
+	// always checked as the kubelet checks them (a port number and a stream type) first.
+	AcceptStream func(headers http.Header) error
 
 	srv         *httptest.Server
 	connections atomic.Int64
@@ -96,6 +100,14 @@ func (k *Kubelet) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	streams := make(chan httpstream.Stream, 16)
 	conn := spdy.NewResponseUpgrader().UpgradeResponse(w, req, func(s httpstream.Stream, _ <-chan struct{}) error {
+		if err := checkStream(s.Headers()); err != nil {
+			return err
+		}
+		if k.AcceptStream != nil {
+			if err := k.AcceptStream(s.Headers()); err != nil {
+				return err
+			}
+		}
 		streams <- s
 		return nil
 	})
@@ -135,6 +147,20 @@ func (k *Kubelet) serve(w http.ResponseWriter, req *http.Request) {
 }
 
 type pair struct{ data, errs httpstream.Stream }
+
+// checkStream refuses what the kubelet's port-forward handler refuses (httpStreamReceived): a
+// missing or invalid port, or an unknown stream type.
+func checkStream(h http.Header) error {
+	if port, err := strconv.ParseUint(h.Get(corev1.PortHeader), 10, 16); err != nil || port < 1 {
+		return fmt.Errorf("invalid %s header %q", corev1.PortHeader, h.Get(corev1.PortHeader))
+	}
+	switch t := h.Get(corev1.StreamType); t {
+	case corev1.StreamTypeError, corev1.StreamTypeData:
+		return nil
+	default:
+		return fmt.Errorf("invalid %s header %q", corev1.StreamType, t)
+	}
+}
 
 // forward mirrors the kubelet/containerd behaviour: copy both ways, stop when either direction
 // ends, report failures on the error stream, then close both streams.

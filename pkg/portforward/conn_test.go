@@ -1,0 +1,111 @@
+package portforward_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// TestDialSendsEarlyData: a forwarded connection's first bytes leave with its streams, before the
+// kubelet has acknowledged them, and arrive once it does.
+func TestDialSendsEarlyData(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	if err := c.pool.Warm(ctx, podA); err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{})
+	c.kubelet.AcceptStream = func(http.Header) error {
+		<-gate
+		return nil
+	}
+	dialed := make(chan error, 1)
+	var s interface {
+		io.ReadWriter
+		Close() error
+	}
+	go func() {
+		st, err := c.pool.Dial(ctx, podA, 80)
+		if err == nil {
+			s = st
+			_, err = io.WriteString(st, "early\n")
+		}
+		dialed <- err
+	}()
+	select {
+	case err := <-dialed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		close(gate)
+		t.Fatal("Dial and the first write waited for the kubelet to acknowledge the streams")
+	}
+	close(gate)
+	defer s.Close()
+	line, err := bufio.NewReader(s).ReadString('\n')
+	if err != nil || line != "a:early\n" {
+		t.Fatalf("read %q, %v; want the echo of the early data", line, err)
+	}
+}
+
+// TestRefusedStreamKeepsConnection: a stream the kubelet resets before acknowledging it (it
+// does so for headers it rejects) ends on its own, and neither wedges the connection's other
+// streams nor costs the connection.
+func TestRefusedStreamKeepsConnection(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	var refused atomic.Bool
+	c.kubelet.AcceptStream = func(h http.Header) error {
+		// The first connection's data stream (request 0) only.
+		if h.Get(corev1.StreamType) == corev1.StreamTypeData && h.Get(corev1.PortForwardRequestIDHeader) == "0" {
+			refused.Store(true)
+			return errors.New("refused by the test")
+		}
+		return nil
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		bad, err := c.pool.Dial(ctx, podA, 80)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if _, err := io.ReadAll(bad); err != nil {
+			t.Errorf("refused stream ended with %v, want EOF", err)
+		}
+		bad.Close()
+		// Ten connections cover every stream-id partition of spdystream's frame workers: a reset
+		// of an unanswered stream that nobody took would have wedged one of them.
+		for i := 0; i < 10; i++ {
+			s, err := c.pool.Dial(ctx, podA, 80)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if got := roundTrip(t, s, bufio.NewReader(s), "after"); got != "a:after" {
+				t.Errorf("stream %d got %q", i, got)
+			}
+			s.Close()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("streams after the refused one never completed")
+	}
+	if !refused.Load() {
+		t.Fatal("the kubelet never saw the stream to refuse")
+	}
+	if n := c.kubelet.Connections(); n != 1 {
+		t.Errorf("kubelet saw %d connections, want 1", n)
+	}
+}

@@ -21,11 +21,16 @@ const replyTimeout = 30 * time.Second
 //
 // Why our own: apimachinery's CreateStream blocks until the reply has come back through the API
 // server, the kubelet and the container runtime, so every forwarded TCP connection paid a full
-// round trip through that chain before its first byte could leave — a third of a new
-// connection's time here. SPDY lets the initiator send DATA right after SYN_STREAM; the server
-// (spdystream, in the kubelet and the runtime) handles a stream's frames in order on one worker
-// and replies before it takes the next frame, so early data is delivered, not dropped. The rest
-// mirrors apimachinery so the connection behaves the same everywhere else.
+// round trip through that chain before its first byte could leave (0.4–0.6 ms of a 3–4 ms new
+// connection on the development machine, docs/benchmarks.md). SPDY lets the initiator send DATA
+// right after SYN_STREAM; the server (spdystream, in the kubelet and the runtime) handles a
+// stream's frames in order on one worker and replies before it takes the next frame, so early
+// data is delivered, not dropped. The rest mirrors apimachinery so the connection behaves the
+// same everywhere else.
+//
+// The price: a stream opened in the moment between the server closing the connection and this
+// client reading that close is lost like a connection in flight, where a waiting CreateStream
+// would have failed and let the pool reconnect.
 type clientConn struct {
 	conn   *spdystream.Connection
 	frames *frameCoalescer // nil when frames are not coalesced

@@ -470,10 +470,15 @@ func (f *Forwarder) handle(c net.Conn, ts *targetState, m Mapping) {
 		klog.V(4).InfoS("Forwarding connection", "target", ts.t.Display, "from", c.RemoteAddr(), "pod", b.Pod, "port", b.Ports[key])
 		res := f.cfg.Buffers.Pipe(rc, s)
 		release()
-		if res.Received == 0 && neverConnected(res.RemoteErr) && f.ctx.Err() == nil && rc.rewind() {
-			tried[b.Pod] = true
+		// The pod's port-forward connection closed before the kubelet took the stream: nothing
+		// reached the pod, so the same pod is tried again, on a new connection.
+		notTaken := errors.Is(res.RemoteErr, portforward.ErrNotAcknowledged)
+		if res.Received == 0 && (notTaken || neverConnected(res.RemoteErr)) && f.ctx.Err() == nil && rc.rewind() {
+			if !notTaken {
+				tried[b.Pod] = true
+			}
 			lastErr = res.RemoteErr
-			klog.V(1).InfoS("Pod refused the connection; trying another pod", "target", ts.t.Display, "pod", b.Pod, "err", res.RemoteErr)
+			klog.V(1).InfoS("Pod did not take the connection; trying again", "target", ts.t.Display, "pod", b.Pod, "err", res.RemoteErr)
 			continue
 		}
 		rc.stop()

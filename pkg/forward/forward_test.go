@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -319,6 +321,39 @@ func TestForwarderRetriesRefusedConnections(t *testing.T) {
 			t.Fatalf("connection %d answered by %q, want web-1", i, pod)
 		}
 		c.Close()
+	}
+}
+
+// TestForwarderResendsWhatTheKubeletNeverTook: the pod's port-forward connection drops after a
+// new connection's streams left but before the kubelet took them; the client's request goes to
+// the same pod again on a new connection, and the client never notices.
+func TestForwarderResendsWhatTheKubeletNeverTook(t *testing.T) {
+	e := newEnv(t)
+	e.addPod(t, "web-1")
+	e.setEndpoints(t, map[string]bool{"web-1": true})
+	var severed atomic.Bool
+	e.kubelet.AcceptStream = func(http.Header) error {
+		if !severed.Swap(true) {
+			e.kubelet.Sever(portforward.PodRef{Namespace: "dev", Name: "web-1"})
+		}
+		return nil
+	}
+	f, addr := e.start(t, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pod, c := ask(t, addr)
+	c.Close()
+	if pod != "web-1" {
+		t.Fatalf("answered by %q, want web-1", pod)
+	}
+	if !severed.Load() {
+		t.Fatal("the connection was never severed")
+	}
+	if n := e.kubelet.Connections(); n != 2 {
+		t.Errorf("kubelet saw %d connections, want 2 (the severed one and its replacement)", n)
 	}
 }
 

@@ -1,6 +1,7 @@
 package portforward
 
 import (
+	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -10,6 +11,14 @@ import (
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/klog/v2"
 )
+
+// ErrNotAcknowledged reports that a stream's connection closed before the server acknowledged the
+// stream. The server then never took it (its reply would have come before the close), so
+// nothing sent on it reached the pod and it can be sent again on a new connection.
+var ErrNotAcknowledged = errors.New("the port-forward connection closed before the kubelet took the stream")
+
+// ackPoll is how often a stream waiting for its reply looks whether the connection has ended.
+const ackPoll = 50 * time.Millisecond
 
 // replyTimeout bounds how long a stream waits for the server to acknowledge it, as apimachinery's
 // createStreamResponseTimeout does.
@@ -28,12 +37,14 @@ const replyTimeout = 30 * time.Second
 // data is delivered, not dropped. The rest mirrors apimachinery so the connection behaves the
 // same everywhere else.
 //
-// The price: a stream opened in the moment between the server closing the connection and this
-// client reading that close is lost like a connection in flight, where a waiting CreateStream
-// would have failed and let the pool reconnect.
+// A stream opened in the moment between the server closing the connection and this client
+// reading that close is never acknowledged; its Stream reports ErrNotAcknowledged, so that the
+// caller can send it again on a new connection (as a waiting CreateStream would have failed and
+// let the pool reconnect).
 type clientConn struct {
 	conn   *spdystream.Connection
 	frames *frameCoalescer // nil when frames are not coalesced
+	served chan struct{}   // closed when Serve has handled every frame it will
 
 	mu      sync.Mutex
 	streams map[uint32]httpstream.Stream
@@ -49,10 +60,13 @@ func newClientConn(conn net.Conn, pingPeriod time.Duration) (*clientConn, error)
 		conn.Close()
 		return nil, err
 	}
-	c := &clientConn{conn: sc, streams: map[uint32]httpstream.Stream{}}
+	c := &clientConn{conn: sc, streams: map[uint32]httpstream.Stream{}, served: make(chan struct{})}
 	c.frames, _ = conn.(*frameCoalescer)
-	// The port-forward server never opens streams; accept any as apimachinery's client does.
-	go sc.Serve(spdystream.NoOpStreamHandler)
+	go func() {
+		// The port-forward server never opens streams; accept any as apimachinery's client does.
+		sc.Serve(spdystream.NoOpStreamHandler)
+		close(c.served)
+	}()
 	if pingPeriod > 0 {
 		go c.sendPings(pingPeriod)
 	}
@@ -60,8 +74,9 @@ func newClientConn(conn net.Conn, pingPeriod time.Duration) (*clientConn, error)
 }
 
 // OpenStream creates a stream and returns at once; data written to it follows the SYN_STREAM.
-// The returned channel yields nil when the server accepted the stream, or an error when it reset
-// it or did not answer within replyTimeout.
+// The returned channel yields nil when the server accepted the stream, ErrNotAcknowledged when
+// the connection ended first, or another error when the server reset the stream or did not
+// answer within replyTimeout.
 func (c *clientConn) OpenStream(headers http.Header) (httpstream.Stream, <-chan error, error) {
 	s, err := c.conn.CreateStream(headers, nil, false)
 	if err != nil {
@@ -71,8 +86,32 @@ func (c *clientConn) OpenStream(headers http.Header) (httpstream.Stream, <-chan 
 	// Someone must wait: spdystream hands a reset of an unanswered stream to its waiter, and its
 	// frame worker (shared with other streams) blocks until one takes it.
 	replied := make(chan error, 1)
-	go func() { replied <- s.WaitTimeout(replyTimeout) }()
+	go func() { replied <- c.waitReply(s) }()
 	return s, replied, nil
+}
+
+// waitReply waits for the server's verdict on s. spdystream offers only a blocking wait, so it
+// waits in steps of ackPoll and, once Serve has handled the last frame, takes one more look: the
+// verdict is final then, as no reply can arrive any more.
+func (c *clientConn) waitReply(s *spdystream.Stream) error {
+	deadline := time.Now().Add(replyTimeout)
+	for {
+		err := s.WaitTimeout(ackPoll)
+		if !errors.Is(err, spdystream.ErrTimeout) {
+			return err
+		}
+		select {
+		case <-c.served:
+			if err := s.WaitTimeout(ackPoll); !errors.Is(err, spdystream.ErrTimeout) {
+				return err
+			}
+			return ErrNotAcknowledged
+		default:
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+	}
 }
 
 // Batch runs fn and sends the frames it wrote in one write, when the connection coalesces frames.

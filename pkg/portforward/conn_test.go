@@ -11,6 +11,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward"
 )
 
 // TestDialSendsEarlyData: a forwarded connection's first bytes leave with its streams, before the
@@ -107,5 +109,42 @@ func TestRefusedStreamKeepsConnection(t *testing.T) {
 	}
 	if n := c.kubelet.Connections(); n != 1 {
 		t.Errorf("kubelet saw %d connections, want 1", n)
+	}
+}
+
+// TestStreamNotAcknowledged: when the connection drops after a stream's SYN left but before the
+// kubelet took it, the stream says so (nothing reached the pod), and the next Dial reconnects.
+func TestStreamNotAcknowledged(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	var severed atomic.Bool
+	c.kubelet.AcceptStream = func(http.Header) error {
+		if !severed.Swap(true) {
+			c.kubelet.Sever(podA)
+		}
+		return nil
+	}
+	s, err := c.pool.Dial(ctx, podA, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(s, "lost\n")
+	if b, err := io.ReadAll(s); len(b) > 0 {
+		t.Fatalf("read %q, %v from a stream the kubelet never took", b, err)
+	}
+	if err := s.RemoteError(5 * time.Second); !errors.Is(err, portforward.ErrNotAcknowledged) {
+		t.Fatalf("RemoteError = %v, want ErrNotAcknowledged", err)
+	}
+	s.Close()
+	s, err = c.pool.Dial(ctx, podA, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := roundTrip(t, s, bufio.NewReader(s), "again"); got != "a:again" {
+		t.Errorf("got %q", got)
+	}
+	if n := c.kubelet.Connections(); n != 2 {
+		t.Errorf("kubelet saw %d connections, want 2", n)
 	}
 }

@@ -292,12 +292,13 @@ func (c *podConn) openStream(ctx context.Context, port int32) (*Stream, error) {
 	headers := streamHeaders(port, c.nextRequestID.Add(1)-1)
 	if o, ok := c.conn.(streamOpener); ok {
 		var errs, data httpstream.Stream
+		var ack <-chan error
 		var err error
 		if berr := o.Batch(func() {
 			if errs, _, err = o.OpenStream(headers.errorStream); err != nil {
 				return
 			}
-			if data, _, err = o.OpenStream(headers.dataStream); err != nil {
+			if data, ack, err = o.OpenStream(headers.dataStream); err != nil {
 				return
 			}
 			// We never write to the error stream; the kubelet writes at most one message.
@@ -315,7 +316,7 @@ func (c *podConn) openStream(ctx context.Context, port int32) (*Stream, error) {
 			return nil, fmt.Errorf("open port-forward stream to pod %s port %d: %w", c.pod, port, err)
 		}
 		c.active.Add(1)
-		return newStream(c, port, data, errs), nil
+		return newStream(c, port, data, errs, ack), nil
 	}
 	errCh := make(chan streamResult, 1)
 	go func() {
@@ -348,5 +349,5 @@ func (c *podConn) openStream(ctx context.Context, port int32) (*Stream, error) {
 	// We never write to the error stream; the kubelet writes at most one message, then closes it.
 	er.s.Close()
 	c.active.Add(1)
-	return newStream(c, port, data, er.s), nil
+	return newStream(c, port, data, er.s, nil), nil
 }

@@ -46,7 +46,9 @@ type Stream struct {
 	closeOnce sync.Once
 }
 
-func newStream(pc *podConn, port int32, data, errs httpstream.Stream) *Stream {
+// newStream wraps a stream pair. ack, when not nil, yields the server's verdict on the data
+// stream (clientConn.OpenStream), which the stream did not wait for.
+func newStream(pc *podConn, port int32, data, errs httpstream.Stream, ack <-chan error) *Stream {
 	s := &Stream{pc: pc, port: port, data: data, errs: errs, errDone: make(chan struct{})}
 	go func() {
 		defer close(s.errDone)
@@ -57,6 +59,12 @@ func newStream(pc *podConn, port int32, data, errs httpstream.Stream) *Stream {
 			pc.retire()
 		case err != nil && !errors.Is(err, io.EOF):
 			s.remoteErr = fmt.Errorf("read error stream of pod %s port %d: %w", pc.pod, port, err)
+		case ack != nil:
+			// The error stream ended without a word: normally long after the acknowledgement, or
+			// because the connection closed, maybe before the kubelet took the stream.
+			if err := <-ack; errors.Is(err, ErrNotAcknowledged) {
+				s.remoteErr = fmt.Errorf("pod %s port %d: %w", pc.pod, port, err)
+			}
 		}
 	}()
 	return s
@@ -91,7 +99,8 @@ func (s *Stream) Close() error {
 }
 
 // RemoteError waits up to timeout for the kubelet's verdict on this connection and returns it:
-// nil for a clean end (or no verdict yet), otherwise the error the kubelet reported.
+// nil for a clean end (or no verdict yet), otherwise the error the kubelet reported, or
+// ErrNotAcknowledged when the connection closed before the kubelet took the stream.
 func (s *Stream) RemoteError(timeout time.Duration) error {
 	t := time.NewTimer(timeout)
 	defer t.Stop()

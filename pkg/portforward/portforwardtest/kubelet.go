@@ -3,6 +3,7 @@
 package portforwardtest
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -42,11 +43,12 @@ type Kubelet struct {
 
 	mu    sync.Mutex
 	conns map[portforward.PodRef][]httpstream.Connection
+	raw   map[portforward.PodRef][]net.Conn
 }
 
 // NewKubelet starts a fake kubelet. Close it when done.
 func NewKubelet(backend func(pod portforward.PodRef, port int32) (string, error)) *Kubelet {
-	k := &Kubelet{Backend: backend, conns: map[portforward.PodRef][]httpstream.Connection{}}
+	k := &Kubelet{Backend: backend, conns: map[portforward.PodRef][]httpstream.Connection{}, raw: map[portforward.PodRef][]net.Conn{}}
 	k.srv = httptest.NewServer(http.HandlerFunc(k.serve))
 	return k
 }
@@ -63,13 +65,26 @@ func (k *Kubelet) Streams() int64 { return k.streams.Load() }
 // CloseConnections closes every port-forward connection to pod, as a kubelet does when the pod's
 // sandbox goes away or it gives up on the connection.
 func (k *Kubelet) CloseConnections(pod portforward.PodRef) {
-	k.mu.Lock()
-	conns := k.conns[pod]
-	delete(k.conns, pod)
-	k.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range take(&k.mu, k.conns, pod) {
 		c.Close()
 	}
+}
+
+// Sever drops every port-forward connection to pod at the TCP level, without a word of SPDY, as
+// when the API server or the kubelet goes away.
+func (k *Kubelet) Sever(pod portforward.PodRef) {
+	for _, c := range take(&k.mu, k.raw, pod) {
+		c.Close()
+	}
+}
+
+// take removes and returns pod's entries of m under mu.
+func take[T any](mu *sync.Mutex, m map[portforward.PodRef][]T, pod portforward.PodRef) []T {
+	mu.Lock()
+	defer mu.Unlock()
+	v := m[pod]
+	delete(m, pod)
+	return v
 }
 
 // Close stops the server and every connection.
@@ -99,7 +114,8 @@ func (k *Kubelet) serve(w http.ResponseWriter, req *http.Request) {
 		return // Handshake wrote the response
 	}
 	streams := make(chan httpstream.Stream, 16)
-	conn := spdy.NewResponseUpgrader().UpgradeResponse(w, req, func(s httpstream.Stream, _ <-chan struct{}) error {
+	hw := &hijackRecorder{ResponseWriter: w}
+	conn := spdy.NewResponseUpgrader().UpgradeResponse(hw, req, func(s httpstream.Stream, _ <-chan struct{}) error {
 		if err := checkStream(s.Headers()); err != nil {
 			return err
 		}
@@ -117,6 +133,7 @@ func (k *Kubelet) serve(w http.ResponseWriter, req *http.Request) {
 	k.connections.Add(1)
 	k.mu.Lock()
 	k.conns[pod] = append(k.conns[pod], conn)
+	k.raw[pod] = append(k.raw[pod], hw.conn)
 	k.mu.Unlock()
 
 	pairs := map[string]*pair{}
@@ -147,6 +164,18 @@ func (k *Kubelet) serve(w http.ResponseWriter, req *http.Request) {
 }
 
 type pair struct{ data, errs httpstream.Stream }
+
+// hijackRecorder keeps the connection the SPDY upgrade takes over, for Sever.
+type hijackRecorder struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	h.conn = c
+	return c, rw, err
+}
 
 // checkStream refuses what the kubelet's port-forward handler refuses (httpStreamReceived): a
 // missing or invalid port, or an unknown stream type.

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/moby/spdystream"
@@ -16,6 +17,9 @@ import (
 // stream. The server then never took it (its reply would have come before the close), so
 // nothing sent on it reached the pod and it can be sent again on a new connection.
 var ErrNotAcknowledged = errors.New("the port-forward connection closed before the kubelet took the stream")
+
+// errClosed is the verdict on a stream left unanswered when this side closed the connection.
+var errClosed = errors.New("port-forward connection closed")
 
 // ackPoll is how often a stream waiting for its reply looks whether the connection has ended.
 const ackPoll = 50 * time.Millisecond
@@ -45,6 +49,7 @@ type clientConn struct {
 	conn   *spdystream.Connection
 	frames *frameCoalescer // nil when frames are not coalesced
 	served chan struct{}   // closed when Serve has handled every frame it will
+	closed atomic.Bool     // Close was called: an unanswered stream may have been taken
 
 	mu      sync.Mutex
 	streams map[uint32]httpstream.Stream
@@ -105,6 +110,10 @@ func (c *clientConn) waitReply(s *spdystream.Stream) error {
 			if err := s.WaitTimeout(ackPoll); !errors.Is(err, spdystream.ErrTimeout) {
 				return err
 			}
+			if c.closed.Load() {
+				// This side cut the connection: the reply may have been on its way.
+				return errClosed
+			}
 			return ErrNotAcknowledged
 		default:
 		}
@@ -158,6 +167,7 @@ func (c *clientConn) RemoveStreams(streams ...httpstream.Stream) {
 // Close resets every stream, then closes the connection, which then ends at once instead of
 // waiting for streams to finish gracefully.
 func (c *clientConn) Close() error {
+	c.closed.Store(true)
 	c.mu.Lock()
 	for _, s := range c.streams {
 		s.Reset()

@@ -148,3 +148,27 @@ func TestStreamNotAcknowledged(t *testing.T) {
 		t.Errorf("kubelet saw %d connections, want 2", n)
 	}
 }
+
+// TestStreamCutByEvict: a stream left unanswered because this side closed the connection (the
+// pod went away) is not reported as untaken: its reply may have been on the way.
+func TestStreamCutByEvict(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	gate := make(chan struct{})
+	defer close(gate)
+	c.kubelet.AcceptStream = func(http.Header) error {
+		<-gate
+		return nil
+	}
+	s, err := c.pool.Dial(ctx, podA, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(s, "maybe\n")
+	c.pool.Evict(podA)
+	io.ReadAll(s)
+	if err := s.RemoteError(5 * time.Second); errors.Is(err, portforward.ErrNotAcknowledged) {
+		t.Fatalf("RemoteError = %v after this side closed the connection", err)
+	}
+	s.Close()
+}

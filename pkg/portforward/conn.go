@@ -124,15 +124,17 @@ func (c *clientConn) waitReply(s *spdystream.Stream) error {
 }
 
 // Batch runs fn and sends the frames it wrote in one write, when the connection coalesces frames.
-// An error means the connection failed and the frames are lost.
-func (c *clientConn) Batch(fn func()) error {
+// It returns fn's error, or the write's (the connection failed and the frames are lost).
+func (c *clientConn) Batch(fn func() error) error {
 	if c.frames == nil {
-		fn()
-		return nil
+		return fn()
 	}
 	c.frames.hold()
-	fn()
-	return c.frames.release()
+	err := fn()
+	if rerr := c.frames.release(); err == nil {
+		err = rerr
+	}
+	return err
 }
 
 // CreateStream implements httpstream.Connection: it waits for the server's reply.

@@ -88,15 +88,9 @@ func TestRefusedStreamKeepsConnection(t *testing.T) {
 		// Ten connections cover every stream-id partition of spdystream's frame workers: a reset
 		// of an unanswered stream that nobody took would have wedged one of them.
 		for i := 0; i < 10; i++ {
-			s, err := c.pool.Dial(ctx, podA, 80)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if got := roundTrip(t, s, bufio.NewReader(s), "after"); got != "a:after" {
+			if got := c.ask(t, podA, "after"); got != "a:after" {
 				t.Errorf("stream %d got %q", i, got)
 			}
-			s.Close()
 		}
 	}()
 	select {
@@ -136,12 +130,7 @@ func TestStreamNotAcknowledged(t *testing.T) {
 		t.Fatalf("RemoteError = %v, want ErrNotAcknowledged", err)
 	}
 	s.Close()
-	s, err = c.pool.Dial(ctx, podA, 80)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if got := roundTrip(t, s, bufio.NewReader(s), "again"); got != "a:again" {
+	if got := c.ask(t, podA, "again"); got != "a:again" {
 		t.Errorf("got %q", got)
 	}
 	if n := c.kubelet.Connections(); n != 2 {

@@ -280,7 +280,7 @@ type streamResult struct {
 // can send several frames in one write (clientConn).
 type streamOpener interface {
 	OpenStream(headers http.Header) (httpstream.Stream, <-chan error, error)
-	Batch(fn func()) error
+	Batch(fn func() error) error
 }
 
 // openStream creates the error and data streams of one forwarded connection. When the
@@ -293,19 +293,16 @@ func (c *podConn) openStream(ctx context.Context, port int32) (*Stream, error) {
 	if o, ok := c.conn.(streamOpener); ok {
 		var errs, data httpstream.Stream
 		var ack <-chan error
-		var err error
-		if berr := o.Batch(func() {
+		err := o.Batch(func() (err error) {
 			if errs, _, err = o.OpenStream(headers.errorStream); err != nil {
-				return
+				return err
 			}
 			if data, ack, err = o.OpenStream(headers.dataStream); err != nil {
-				return
+				return err
 			}
 			// We never write to the error stream; the kubelet writes at most one message.
-			err = errs.Close()
-		}); err == nil {
-			err = berr
-		}
+			return errs.Close()
+		})
 		if err != nil {
 			for _, s := range []httpstream.Stream{data, errs} {
 				if s != nil {

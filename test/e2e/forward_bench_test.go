@@ -209,16 +209,14 @@ func BenchmarkForwardThroughput(b *testing.B) {
 		variants = append(variants, variant{"kubectl port-forward (kubectl binary)", url})
 	}
 	variants = append(variants, variant{"pkg/forward (in this process)", inProcessForward(t, ns)})
-	for _, v := range []struct {
-		size     int
-		coalesce bool
-	}{{32 << 10, true}, {128 << 10, true}, {512 << 10, true}, {128 << 10, false}} {
-		_, doc := startForward(t, ns, "svc/echo", "--buffer-size", strconv.Itoa(v.size), "--coalesce-frames="+strconv.FormatBool(v.coalesce))
-		name := fmt.Sprintf("kubectl bridge forward, %d KiB buffers", v.size>>10)
-		if !v.coalesce {
-			name += ", frames not coalesced"
-		}
-		variants = append(variants, variant{name, doc.url(t, "svc/echo", "")})
+	{
+		_, doc := startForward(t, ns, "svc/echo")
+		variants = append(variants, variant{"kubectl bridge forward", doc.url(t, "svc/echo", "")})
+	}
+	{
+		// Go's default, one P per CPU: forward before session 9.
+		_, doc := startForward(t, ns, "svc/echo", "--max-procs=0")
+		variants = append(variants, variant{"kubectl bridge forward, GOMAXPROCS = CPUs", doc.url(t, "svc/echo", "")})
 	}
 	// kubectl over SPDY (KUBECTL_PORT_FORWARD_WEBSOCKETS=false, kubectl's own switch): the
 	// transport kubefwd uses, and the one forward tries first.
@@ -230,7 +228,7 @@ func BenchmarkForwardThroughput(b *testing.B) {
 	// forward in kubectl's order (=true), WebSocket first: its default before session 7.
 	withPortForwardWebsockets("true", func() {
 		_, doc := startForward(t, ns, "svc/echo")
-		variants = append(variants, variant{"kubectl bridge forward, 128 KiB buffers, WebSocket", doc.url(t, "svc/echo", "")})
+		variants = append(variants, variant{"kubectl bridge forward, WebSocket", doc.url(t, "svc/echo", "")})
 	})
 	// The cluster runs on this machine: its pod network is reachable directly, which is the
 	// in-cluster baseline without a port-forward on the way.
@@ -240,7 +238,7 @@ func BenchmarkForwardThroughput(b *testing.B) {
 	}
 	variants = append(variants, variant{"direct to the pod IP", "http://" + net.JoinHostPort(p.Status.PodIP, "8080")})
 
-	const rounds = 5
+	const rounds = 7
 	mbps := map[string][]float64{}
 	cpu := map[string][]float64{}
 	rps := map[string][]float64{}
@@ -329,8 +327,10 @@ func BenchmarkForwardLatency(b *testing.B) {
 	_, doc := startForward(b, ns, "svc/echo")
 	// forward as it was before session 8: each connection's streams waited for the kubelet's reply.
 	_, waiting := startForward(b, ns, "svc/echo", "--early-data=false")
+	// forward with Go's default GOMAXPROCS (one P per CPU), as before session 9.
+	_, allCPUs := startForward(b, ns, "svc/echo", "--max-procs=0")
 	variants := []struct{ name, url string }{{"kubectl-port-forward", kpf}, {"bridge-forward", doc.url(b, "svc/echo", "")},
-		{"bridge-forward-waits-for-reply", waiting.url(b, "svc/echo", "")}}
+		{"bridge-forward-waits-for-reply", waiting.url(b, "svc/echo", "")}, {"bridge-forward-all-cpus", allCPUs.url(b, "svc/echo", "")}}
 	// kubectl over SPDY (what kubefwd uses, and forward's default), and forward in kubectl's
 	// order, WebSocket first.
 	withPortForwardWebsockets("false", func() {

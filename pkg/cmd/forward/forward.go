@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,6 +92,12 @@ const (
 	leaseDuration            = 30 * time.Second
 	// teardownTimeout bounds deleting the Lease after Ctrl-C.
 	teardownTimeout = 10 * time.Second
+	// defaultMaxProcs: forward shovels bytes between sockets and wakes up for every chunk that
+	// arrives. With more than one P, each wake-up also wakes an idle thread to look for work,
+	// which spins and sleeps again: a quarter of forward's CPU in a bulk download. One P does
+	// the same work without it; one CPU moves ~590 MB/s here, twice what the API server, the
+	// kubelet and the runtime deliver to one client (docs/benchmarks.md, session 9).
+	defaultMaxProcs = 1
 )
 
 // Options are the inputs of `kubectl bridge forward`.
@@ -110,6 +117,9 @@ type Options struct {
 	// EarlyData sends a connection's first bytes without waiting for the kubelet to acknowledge
 	// its streams (hidden flag, for measurements).
 	EarlyData bool
+	// MaxProcs is how many CPUs run this process's Go code at once (GOMAXPROCS); 0 leaves Go's
+	// default, one per CPU. An environment's GOMAXPROCS wins (hidden flag, for measurements).
+	MaxProcs int
 
 	targets   []lib.TargetArg
 	command   []string
@@ -133,6 +143,7 @@ func NewOptions(streams genericiooptions.IOStreams) *Options {
 		PodRunningTimeout: defaultPodRunningTimeout,
 		CoalesceFrames:    true,
 		EarlyData:         true,
+		MaxProcs:          defaultMaxProcs,
 		IOStreams:         streams,
 	}
 }
@@ -171,6 +182,8 @@ func NewCmdForward(f cmdutil.Factory, streams genericiooptions.IOStreams) *cobra
 	_ = flags.MarkHidden("coalesce-frames")
 	flags.BoolVar(&o.EarlyData, "early-data", o.EarlyData, "Send a connection's first bytes without waiting for the kubelet to acknowledge its streams.")
 	_ = flags.MarkHidden("early-data")
+	flags.IntVar(&o.MaxProcs, "max-procs", o.MaxProcs, "CPUs that run Go code at once (GOMAXPROCS); 0 for one per CPU.")
+	_ = flags.MarkHidden("max-procs")
 	cmdutil.AddPodRunningTimeoutFlag(cmd, defaultPodRunningTimeout)
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
@@ -251,6 +264,9 @@ func (o *Options) Validate() error {
 func (o *Options) Run(ctx context.Context) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set && o.MaxProcs > 0 {
+		defer goruntime.GOMAXPROCS(goruntime.GOMAXPROCS(o.MaxProcs))
+	}
 
 	targets, err := o.resolve(ctx)
 	if err != nil {

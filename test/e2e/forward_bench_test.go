@@ -255,18 +255,22 @@ func BenchmarkForwardThroughput(b *testing.B) {
 	}
 	// Ratios are the median of each round's ratio: a round measures every variant within seconds,
 	// while the machine's speed drifts more than that between rounds.
-	ratio := func(xs, base []float64) float64 {
+	ratios := func(xs, base []float64) []float64 {
 		rs := make([]float64, len(xs))
 		for i := range xs {
 			rs[i] = xs[i] / base[i]
 		}
-		return median(rs)
+		sort.Float64s(rs)
+		return rs
 	}
+	ratio := func(xs, base []float64) float64 { return median(ratios(xs, base)) }
 	const binary = "kubectl port-forward (kubectl binary)"
 	for _, v := range variants {
 		line := fmt.Sprintf("%-60s download %7.1f MB/s (%.2fx", v.name, median(mbps[v.name]), ratio(mbps[v.name], mbps[base]))
 		if _, ok := mbps[binary]; ok {
-			line += fmt.Sprintf(", %.2fx the binary", ratio(mbps[v.name], mbps[binary]))
+			// The spread says how far one round's ratio can be trusted on this shared machine.
+			rs := ratios(mbps[v.name], mbps[binary])
+			line += fmt.Sprintf(", %.2fx the binary, rounds %.2f–%.2f", median(rs), rs[0], rs[len(rs)-1])
 		}
 		line += fmt.Sprintf("), %.2f CPU-s/GB", median(cpu[v.name]))
 		if _, ok := cpu[binary]; ok {

@@ -21,6 +21,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -613,5 +614,50 @@ func neverReady(t *testing.T, ns, name string) {
 	}
 	if _, err := fw.Client.AppsV1().Deployments(ns).Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestForwardWithLeastPrivilege: a user holding only what forward needs, authenticated by a
+// bearer token (which the SPDY upgrade must carry), forwards; a user missing the port-forward or
+// the Lease permission is stopped before anything is created, told which permission to ask for.
+func TestForwardWithLeastPrivilege(t *testing.T) {
+	ns := fw.Namespace(t, nil)
+	fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
+	read := rbacv1.PolicyRule{APIGroups: []string{"", "discovery.k8s.io"}, Resources: []string{"services", "pods", "endpointslices"}, Verbs: []string{"get", "list", "watch"}}
+	portForward := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods/portforward"}, Verbs: []string{"get", "create"}}
+	leases := rbacv1.PolicyRule{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"}}
+
+	t.Run("enough", func(t *testing.T) {
+		kubeconfig := serviceAccountKubeconfig(t, ns, "developer", []rbacv1.PolicyRule{read, portForward, leases})
+		p, doc := startForward(t, ns, "--kubeconfig", kubeconfig, "svc/echo")
+		pod, err := askPod(newConnClient(), doc.url(t, "svc/echo", "")+"/hello")
+		if err != nil || !strings.HasPrefix(pod, "echo-") {
+			t.Fatalf("answered by pod %q, %v", pod, err)
+		}
+		p.Signal(syscall.SIGINT)
+		if r := p.Wait(30 * time.Second); r.ExitCode != 0 {
+			t.Fatalf("exit %d after Ctrl-C", r.ExitCode)
+		}
+		assertNoLeases(t, ns)
+	})
+	for _, tt := range []struct {
+		name  string
+		rules []rbacv1.PolicyRule
+		want  string
+	}{
+		{"no-portforward", []rbacv1.PolicyRule{read, leases}, "ask for 'create' on pods/portforward in namespace " + ns},
+		{"no-leases", []rbacv1.PolicyRule{read, portForward}, "ask for create/update/delete on leases.coordination.k8s.io in namespace " + ns},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			kubeconfig := serviceAccountKubeconfig(t, ns, tt.name, tt.rules)
+			r := fw.RunBridge(t, "forward", "-n", ns, "--kubeconfig", kubeconfig, "svc/echo")
+			if r.ExitCode != 1 {
+				t.Errorf("exit code %d, want 1", r.ExitCode)
+			}
+			if !strings.Contains(r.Stderr, tt.want) {
+				t.Errorf("stderr %q does not say %q", r.Stderr, tt.want)
+			}
+			assertNoLeases(t, ns)
+		})
 	}
 }

@@ -85,7 +85,8 @@ type clientConn struct {
 	idle      time.Duration
 	idleTimer *time.Timer
 
-	closeChan chan bool     // closed when the connection has ended, as spdystream's CloseChan
+	closeChan chan bool // closed once the connection is ending (Close, or serve returned)
+	closeOnce sync.Once
 	served    chan struct{} // closed when serve has handled every frame it will
 	chunks    sync.Pool
 }
@@ -151,6 +152,7 @@ func (c *clientConn) OpenStream(headers http.Header) (httpstream.Stream, <-chan 
 	c.mu.Unlock()
 	if err := c.framer.WriteFrame(&spdy.SynStreamFrame{StreamId: s.id, Headers: headers}); err != nil {
 		c.forget(s)
+		c.decide(s, err)
 		return nil, nil, err
 	}
 	return s, s.verdict, nil
@@ -166,6 +168,19 @@ func (c *clientConn) decide(s *clientStream, err error) {
 	s.decided = true
 	s.replyTimer.Stop()
 	s.verdict <- err
+}
+
+// replied records that the server answered s and tells whether s was reset before: it then
+// leaves the connection, and its reset is due.
+func (c *clientConn) replied(s *clientStream) (resetDue bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.replied = true
+	if s.resetPending {
+		delete(c.streams, s.id)
+		return true
+	}
+	return false
 }
 
 // Batch runs fn and sends the frames it wrote in one write, when the connection coalesces frames.
@@ -206,11 +221,14 @@ func (c *clientConn) forget(s *clientStream) {
 	c.mu.Unlock()
 }
 
-// RemoveStreams implements httpstream.Connection.
+// RemoveStreams implements httpstream.Connection. A stream whose reset waits for the server's
+// reply stays until the reply.
 func (c *clientConn) RemoveStreams(streams ...httpstream.Stream) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for _, s := range streams {
-		if cs, ok := s.(*clientStream); ok {
-			c.forget(cs)
+		if cs, ok := s.(*clientStream); ok && !cs.resetPending {
+			delete(c.streams, cs.id)
 		}
 	}
 }
@@ -224,6 +242,7 @@ func (c *clientConn) Close() error {
 		return nil
 	}
 	c.closing = true
+	c.signalClosed()
 	ended := c.ended
 	streams := make([]*clientStream, 0, len(c.streams))
 	for _, s := range c.streams {
@@ -248,7 +267,8 @@ func (c *clientConn) Close() error {
 	return err
 }
 
-// CloseChan implements httpstream.Connection: the channel closes when the connection has ended.
+// CloseChan implements httpstream.Connection: the channel closes when the connection ends, from
+// either side; no stream can be opened on it from then on.
 func (c *clientConn) CloseChan() <-chan bool { return c.closeChan }
 
 // SetIdleTimeout implements httpstream.Connection: the connection closes after timeout without
@@ -347,6 +367,11 @@ func (c *clientConn) control(f spdy.Frame) bool {
 	case *spdy.SynReplyFrame:
 		if s := c.stream(f.StreamId); s != nil {
 			c.decide(s, nil)
+			if c.replied(s) {
+				// Reset while unanswered: the reset the server may now take. Not written from
+				// here: serve must keep reading whatever the write waits for.
+				go func() { _ = c.writeFrame(&spdy.RstStreamFrame{StreamId: s.id, Status: spdy.Cancel}) }()
+			}
 			if f.CFHeader.Flags&spdy.ControlFlagFin != 0 {
 				s.remoteFinish()
 			}
@@ -376,6 +401,7 @@ func (c *clientConn) control(f spdy.Frame) bool {
 func (c *clientConn) end() {
 	c.mu.Lock()
 	c.ended = true
+	c.signalClosed()
 	closing := c.closing
 	if c.idleTimer != nil {
 		c.idleTimer.Stop()
@@ -394,7 +420,13 @@ func (c *clientConn) end() {
 		s.remoteFinish()
 	}
 	close(c.served)
-	close(c.closeChan)
+}
+
+// signalClosed closes CloseChan. It happens before any stream learns that the connection ended,
+// so that a caller who then opens a stream finds the connection dead (the pool reconnects)
+// rather than failing.
+func (c *clientConn) signalClosed() {
+	c.closeOnce.Do(func() { close(c.closeChan) })
 }
 
 // chunk is a received frame's payload in a buffer that goes back to the pool once read.
@@ -444,9 +476,11 @@ type clientStream struct {
 	headers http.Header
 
 	// Guarded by c.mu.
-	verdict    chan error
-	decided    bool
-	replyTimer *time.Timer
+	verdict      chan error
+	decided      bool
+	replyTimer   *time.Timer
+	replied      bool // the server's SYN_REPLY arrived
+	resetPending bool // reset by this side before the reply: the RST follows the reply
 
 	mu           sync.Mutex
 	cond         sync.Cond
@@ -540,13 +574,33 @@ func (s *clientStream) Close() error {
 }
 
 // Reset ends the stream in both directions (RST_STREAM CANCEL) and drops what was not read.
+//
+// A stream the server has not answered yet is reset once the answer arrives. The server's
+// spdystream takes a reset for a stream it has not replied to as a refusal of its own stream
+// and blocks a frame worker handing that to a waiter that does not exist; it gets there when
+// its reply could not be written, as when this side closes the connection right after the
+// reset.
 func (s *clientStream) Reset() error {
-	s.c.forget(s)
+	c := s.c
+	// Whoever waits for the verdict learns now instead of after replyTimeout.
+	c.decide(s, errStreamClosed)
 	s.drop()
 	if !s.finishLocal() {
+		c.forget(s)
 		return nil
 	}
-	return s.c.writeFrame(&spdy.RstStreamFrame{StreamId: s.id, Status: spdy.Cancel})
+	c.mu.Lock()
+	replied := s.replied
+	if replied {
+		delete(c.streams, s.id)
+	} else {
+		s.resetPending = true // stays known until the reply, which then carries no data here
+	}
+	c.mu.Unlock()
+	if !replied {
+		return nil
+	}
+	return c.writeFrame(&spdy.RstStreamFrame{StreamId: s.id, Status: spdy.Cancel})
 }
 
 // drop ends the receiving side: what was not read is dropped, reads return io.EOF.

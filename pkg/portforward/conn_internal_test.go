@@ -148,3 +148,42 @@ func TestServerPingAnswered(t *testing.T) {
 		t.Fatalf("client answered %#v, want stream 2 refused", f)
 	}
 }
+
+// TestResetBeforeReply: a stream reset before the server answered it is reset only once the
+// answer arrives (spdystream, in the kubelet, takes an unanswered stream's reset as a refusal
+// with a waiter, and blocks a frame worker on it), and its verdict comes at once.
+func TestResetBeforeReply(t *testing.T) {
+	c, srv := newFakeServer(t)
+	st, verdict, err := c.OpenStream(http.Header{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	syn := srv.next().(*spdy.SynStreamFrame)
+	if err := st.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-verdict:
+		if err == nil {
+			t.Fatal("verdict nil for a stream reset before any reply")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no verdict for the reset stream")
+	}
+	// A later frame shows what was written before it: no reset yet.
+	if _, _, err := c.OpenStream(http.Header{}); err != nil {
+		t.Fatal(err)
+	}
+	if f := srv.next(); !isSynStream(f) {
+		t.Fatalf("client sent %#v before the reply, want only the next stream", f)
+	}
+	srv.write(&spdy.SynReplyFrame{StreamId: syn.StreamId})
+	if f, ok := srv.next().(*spdy.RstStreamFrame); !ok || f.StreamId != syn.StreamId || f.Status != spdy.Cancel {
+		t.Fatalf("client answered the reply with %#v, want the reset of stream %d", f, syn.StreamId)
+	}
+}
+
+func isSynStream(f spdy.Frame) bool {
+	_, ok := f.(*spdy.SynStreamFrame)
+	return ok
+}

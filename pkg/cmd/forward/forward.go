@@ -95,8 +95,9 @@ const (
 	// defaultMaxProcs: forward shovels bytes between sockets and wakes up for every chunk that
 	// arrives. With more than one P, each wake-up also wakes an idle thread to look for work,
 	// which spins and sleeps again: a quarter of forward's CPU in a bulk download. One P does
-	// the same work without it; one CPU moves ~590 MB/s here, twice what the API server, the
-	// kubelet and the runtime deliver to one client (docs/benchmarks.md, session 9).
+	// the same work without it; at that cost one CPU would move ~590 MB/s here, twice what the
+	// API server, the kubelet and the runtime deliver to one client (docs/benchmarks.md,
+	// session 9).
 	defaultMaxProcs = 1
 )
 
@@ -244,6 +245,9 @@ func (o *Options) Validate() error {
 		return exitcode.Usagef("%v", err)
 	}
 	o.addrs = addrs
+	if o.MaxProcs < 0 {
+		return exitcode.Usagef("--max-procs %d: give a number of CPUs, or 0 for one per CPU", o.MaxProcs)
+	}
 	switch o.Output {
 	case "", "json":
 	default:

@@ -112,6 +112,7 @@ func TestBadInput(t *testing.T) {
 		{"no target before command", []string{"--", "true"}, "no TARGET before '--'", true},
 		{"bad output", []string{"svc/web", "-o", "yaml"}, "the only output format is json", true},
 		{"bad selector", []string{"-l", "a=b=c"}, "is not a label selector", true},
+		{"negative max-procs", []string{"svc/web", "--max-procs=-1"}, "--max-procs -1: give a number of CPUs", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

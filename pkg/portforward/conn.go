@@ -301,9 +301,9 @@ func (c *clientConn) serve() {
 			c.readFailed(err)
 			return
 		}
-		c.touch()
 		length := int(binary.BigEndian.Uint32(hdr[4:8]) & 0xffffff)
 		if hdr[0]&0x80 != 0 {
+			c.received(0)
 			if cap(ctrlBuf) < spdyHeaderLen+length {
 				ctrlBuf = make([]byte, spdyHeaderLen+length)
 			}
@@ -324,7 +324,7 @@ func (c *clientConn) serve() {
 			}
 			continue
 		}
-		s := c.stream(spdy.StreamId(binary.BigEndian.Uint32(hdr[0:4]) & 0x7fffffff))
+		s := c.received(spdy.StreamId(binary.BigEndian.Uint32(hdr[0:4]) & 0x7fffffff))
 		if length > 0 {
 			chunk := c.chunk(length)
 			if _, err := io.ReadFull(c.conn, chunk.b); err != nil {
@@ -352,13 +352,15 @@ func (c *clientConn) readFailed(err error) {
 	}
 }
 
-// touch restarts the idle timer, if there is one.
-func (c *clientConn) touch() {
+// received notes a frame from the server (restarting the idle timer, if there is one) and
+// returns the stream it is for; 0, a control frame's, has none. One lock per data frame.
+func (c *clientConn) received(id spdy.StreamId) *clientStream {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.idleTimer != nil {
 		c.idleTimer.Reset(c.idle)
 	}
-	c.mu.Unlock()
+	return c.streams[id]
 }
 
 // control handles a control frame; false ends the connection.

@@ -105,9 +105,7 @@ func TestRefusedStreamKeepsConnection(t *testing.T) {
 	if !refused.Load() {
 		t.Fatal("the kubelet never saw the stream to refuse")
 	}
-	if n := c.kubelet.Connections(); n != 1 {
-		t.Errorf("kubelet saw %d connections, want 1", n)
-	}
+	c.wantConnections(t, 1)
 }
 
 // TestStreamNotAcknowledged: when the connection drops after a stream's SYN left but before the
@@ -139,9 +137,7 @@ func TestStreamNotAcknowledged(t *testing.T) {
 	if got := c.ask(t, podA, "again"); got != "a:again" {
 		t.Errorf("got %q", got)
 	}
-	if n := c.kubelet.Connections(); n != 2 {
-		t.Errorf("kubelet saw %d connections, want 2", n)
-	}
+	c.wantConnections(t, 2)
 }
 
 // TestStreamCutByEvict: a stream left unanswered because this side closed the connection (the

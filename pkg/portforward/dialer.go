@@ -250,15 +250,20 @@ func (c *coalescingUpgrader) NewConnection(resp *http.Response) (httpstream.Conn
 		}
 		return nil, &refusedUpgradeError{err}
 	}
-	conn := c.conn
-	if c.coalesce {
+	return startConn(c.conn, c.coalesce)
+}
+
+// startConn starts the SPDY client connection over an upgraded connection, with the frame
+// coalescer between them when coalesce is set.
+func startConn(conn net.Conn, coalesce bool) (httpstream.Connection, error) {
+	if coalesce {
 		conn = &frameCoalescer{Conn: conn}
 	}
-	pc, err := newClientConn(conn, clientportforward.PingPeriod)
+	c, err := newClientConn(conn, clientportforward.PingPeriod)
 	if err != nil {
-		return nil, err
+		return nil, err // not a nil *clientConn in a non-nil interface
 	}
-	return pc, nil
+	return c, nil
 }
 
 // dialWebSocket is client-go's NewSPDYOverWebsocketDialer with the frame coalescer between the
@@ -277,15 +282,11 @@ func (d *RESTDialer) dialWebSocket(u *url.URL) (httpstream.Connection, string, e
 		return nil, "", err
 	}
 	protocol := strings.TrimPrefix(ws.Subprotocol(), portforwardconstants.WebsocketsSPDYTunnelingPrefix)
-	var conn net.Conn = clientportforward.NewTunnelingConnection("client", ws)
-	if d.CoalesceFrames {
-		conn = &frameCoalescer{Conn: conn}
-	}
-	spdyConn, err := newClientConn(conn, clientportforward.PingPeriod)
+	conn, err := startConn(clientportforward.NewTunnelingConnection("client", ws), d.CoalesceFrames)
 	if err != nil {
 		return nil, "", err
 	}
-	return spdyConn, protocol, nil
+	return conn, protocol, nil
 }
 
 // dialContext runs a context-less httpstream dial, returning early when ctx ends; a connection

@@ -304,12 +304,7 @@ func (c *podConn) openStream(ctx context.Context, port int32) (*Stream, error) {
 			return errs.Close()
 		})
 		if err != nil {
-			for _, s := range []httpstream.Stream{data, errs} {
-				if s != nil {
-					s.Reset()
-					c.conn.RemoveStreams(s)
-				}
-			}
+			c.discard(data, errs)
 			return nil, fmt.Errorf("open port-forward stream to pod %s port %d: %w", c.pod, port, err)
 		}
 		c.active.Add(1)
@@ -326,25 +321,26 @@ func (c *podConn) openStream(ctx context.Context, port int32) (*Stream, error) {
 	case er = <-errCh:
 	case <-ctx.Done():
 		// Let the pending creation finish in the background and clean up after it.
-		go func() {
-			if r := <-errCh; r.s != nil {
-				r.s.Reset()
-				c.conn.RemoveStreams(r.s)
-			}
-		}()
+		go func() { c.discard((<-errCh).s) }()
 		er.err = ctx.Err()
 	}
 	if dataErr != nil || er.err != nil {
-		for _, s := range []httpstream.Stream{data, er.s} {
-			if s != nil {
-				s.Reset()
-				c.conn.RemoveStreams(s)
-			}
-		}
+		c.discard(data, er.s)
 		return nil, fmt.Errorf("open port-forward stream to pod %s port %d: %w", c.pod, port, errors.Join(dataErr, er.err))
 	}
 	// We never write to the error stream; the kubelet writes at most one message, then closes it.
 	er.s.Close()
 	c.active.Add(1)
 	return newStream(c, port, data, er.s, nil), nil
+}
+
+// discard resets the streams of a forwarded connection that could not be opened whole; nil ones
+// were never created.
+func (c *podConn) discard(streams ...httpstream.Stream) {
+	for _, s := range streams {
+		if s != nil {
+			s.Reset()
+			c.conn.RemoveStreams(s)
+		}
+	}
 }

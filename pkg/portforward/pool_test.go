@@ -110,6 +110,14 @@ func roundTrip(t testing.TB, c net.Conn, r *bufio.Reader, msg string) string {
 	return strings.TrimSuffix(line, "\n")
 }
 
+// wantConnections checks how many port-forward connections the kubelet has upgraded.
+func (c *cluster) wantConnections(t testing.TB, want int64) {
+	t.Helper()
+	if n := c.kubelet.Connections(); n != want {
+		t.Errorf("kubelet saw %d connections, want %d", n, want)
+	}
+}
+
 // ask opens a stream to pod's port 80, sends msg and returns the echoed line, closing the stream.
 func (c *cluster) ask(t testing.TB, pod portforward.PodRef, msg string) string {
 	t.Helper()
@@ -148,9 +156,7 @@ func TestManyStreamsShareOneConnection(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := c.kubelet.Connections(); n != 1 {
-		t.Errorf("kubelet saw %d connections, want 1", n)
-	}
+	c.wantConnections(t, 1)
 	if n := c.kubelet.Streams(); n != 20 {
 		t.Errorf("kubelet saw %d streams, want 20", n)
 	}
@@ -214,9 +220,7 @@ func TestStreamErrorKeepsOtherStreams(t *testing.T) {
 		t.Errorf("long-lived stream got %q", got)
 	}
 	// The first connection was retired after the refusal, the second after the reset.
-	if n := c.kubelet.Connections(); n != 3 {
-		t.Errorf("kubelet saw %d connections, want 3", n)
-	}
+	c.wantConnections(t, 3)
 }
 
 func TestReconnectAfterKubeletClosesConnection(t *testing.T) {
@@ -245,9 +249,7 @@ func TestReconnectAfterKubeletClosesConnection(t *testing.T) {
 	if got := c.ask(t, podA, "y"); got != "a:y" {
 		t.Errorf("after the kubelet closed the connection, got %q", got)
 	}
-	if n := c.kubelet.Connections(); n != 2 {
-		t.Errorf("kubelet saw %d connections, want 2", n)
-	}
+	c.wantConnections(t, 2)
 }
 
 func TestEvictEndsPodStreamsOnly(t *testing.T) {

@@ -11,8 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/httpstream"
 )
 
-// fakeServer is the server end of a clientConn over net.Pipe, driven frame by frame. net.Pipe
-// has no buffer: a frame write returns once the client has read it.
+// fakeServer is the server end of a clientConn, driven frame by frame; over net.Pipe (which
+// has no buffer: a frame write returns once the client has read it) unless said otherwise.
 type fakeServer struct {
 	t      *testing.T
 	conn   net.Conn
@@ -23,6 +23,12 @@ type fakeServer struct {
 func newFakeServer(t *testing.T) (*clientConn, *fakeServer) {
 	t.Helper()
 	cside, sside := net.Pipe()
+	return newFakeServerOver(t, cside, sside, nil)
+}
+
+// newFakeServerOver is newFakeServer over a given connection pair, with receive batching.
+func newFakeServerOver(t *testing.T, cside, sside net.Conn, batch *receiveBatcher) (*clientConn, *fakeServer) {
+	t.Helper()
 	framer, err := spdy.NewFramer(sside, sside)
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +44,7 @@ func newFakeServer(t *testing.T) (*clientConn, *fakeServer) {
 			s.frames <- f
 		}
 	}()
-	c, err := newClientConn(cside, 0)
+	c, err := newClientConn(cside, 0, batch)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -105,6 +105,9 @@ type RESTDialer struct {
 	// EarlyData lets a forwarded connection's first bytes follow its streams' SYN frames instead
 	// of waiting for the server's replies (see clientConn); on by default.
 	EarlyData bool
+	// BatchReceives wakes a connection's reader once per batch of received bytes during bulk
+	// transfers instead of once per TLS record (see receiveBatcher; Linux); on by default.
+	BatchReceives bool
 
 	config    *rest.Config
 	client    rest.Interface
@@ -119,7 +122,7 @@ type RESTDialer struct {
 // NewRESTDialer returns a dialer for the cluster of config. client is a core/v1 REST client (e.g.
 // clientset.CoreV1().RESTClient()), used to build the pods/portforward URLs.
 func NewRESTDialer(config *rest.Config, client rest.Interface, transport Transport) *RESTDialer {
-	d := &RESTDialer{config: config, client: client, transport: transport, CoalesceFrames: true, EarlyData: true}
+	d := &RESTDialer{config: config, client: client, transport: transport, CoalesceFrames: true, EarlyData: true, BatchReceives: true}
 	d.spdy, d.webSocket = d.dialSPDY, d.dialWebSocket
 	return d
 }
@@ -196,7 +199,7 @@ func (d *RESTDialer) dialSPDY(u *url.URL) (httpstream.Connection, string, error)
 		return nil, "", err
 	}
 	if rt, ok := upgrader.(*apispdy.SpdyRoundTripper); ok {
-		up := &coalescingUpgrader{rt: rt, coalesce: d.CoalesceFrames}
+		up := &coalescingUpgrader{rt: rt, coalesce: d.CoalesceFrames, batch: d.BatchReceives}
 		if transport, err = rest.HTTPWrappersForConfig(d.config, up); err != nil {
 			return nil, "", err
 		}
@@ -215,6 +218,7 @@ func (d *RESTDialer) dialSPDY(u *url.URL) (httpstream.Connection, string, error)
 type coalescingUpgrader struct {
 	rt       *apispdy.SpdyRoundTripper
 	coalesce bool
+	batch    bool
 	conn     net.Conn
 }
 
@@ -250,16 +254,21 @@ func (c *coalescingUpgrader) NewConnection(resp *http.Response) (httpstream.Conn
 		}
 		return nil, &refusedUpgradeError{err}
 	}
-	return startConn(c.conn, c.coalesce)
+	return startConn(c.conn, c.coalesce, c.batch)
 }
 
 // startConn starts the SPDY client connection over an upgraded connection, with the frame
-// coalescer between them when coalesce is set.
-func startConn(conn net.Conn, coalesce bool) (httpstream.Connection, error) {
+// coalescer between them when coalesce is set, and batching receives when batch is set and the
+// connection is a TCP socket on Linux.
+func startConn(conn net.Conn, coalesce, batch bool) (httpstream.Connection, error) {
 	if coalesce {
 		conn = &frameCoalescer{Conn: conn}
 	}
-	c, err := newClientConn(conn, clientportforward.PingPeriod)
+	var batcher *receiveBatcher
+	if batch {
+		batcher = newReceiveBatcher(lowWaterSetter(conn))
+	}
+	c, err := newClientConn(conn, clientportforward.PingPeriod, batcher)
 	if err != nil {
 		return nil, err // not a nil *clientConn in a non-nil interface
 	}
@@ -282,7 +291,7 @@ func (d *RESTDialer) dialWebSocket(u *url.URL) (httpstream.Connection, string, e
 		return nil, "", err
 	}
 	protocol := strings.TrimPrefix(ws.Subprotocol(), portforwardconstants.WebsocketsSPDYTunnelingPrefix)
-	conn, err := startConn(clientportforward.NewTunnelingConnection("client", ws), d.CoalesceFrames)
+	conn, err := startConn(clientportforward.NewTunnelingConnection("client", ws), d.CoalesceFrames, d.BatchReceives)
 	if err != nil {
 		return nil, "", err
 	}

@@ -192,9 +192,8 @@ func kubectlBinaryPortForward(t testing.TB, ns, pod string) (string, bool) {
 }
 
 // BenchmarkForwardThroughput reports download throughput, what a byte costs the machine in CPU, and
-// the request rate on one connection through kubectl bridge forward (several copy buffer sizes,
-// with and without frame coalescing, and over WebSocket),
-// through kubectl port-forward (client-go's PortForwarder in this process, and the kubectl binary
+// the request rate on one connection through kubectl bridge forward (as shipped, with one P per
+// CPU, without receive batching, and over WebSocket), through kubectl port-forward (client-go's PortForwarder in this process, and the kubectl binary
 // when installed), through the forward library in this process, and straight to the pod IP, all
 // in the same run. Variants are interleaved over several rounds and medians reported, because the
 // machine's CPU is shared. It is a benchmark (hack/bench.sh), not a test: it measures and its
@@ -217,6 +216,11 @@ func BenchmarkForwardThroughput(b *testing.B) {
 		// Go's default, one P per CPU: forward before session 9.
 		_, doc := startForward(t, ns, "svc/echo", "--max-procs=0")
 		variants = append(variants, variant{"kubectl bridge forward, GOMAXPROCS = CPUs", doc.url(t, "svc/echo", "")})
+	}
+	{
+		// Woken once per TLS record: forward before session 10.
+		_, doc := startForward(t, ns, "svc/echo", "--batch-receives=false")
+		variants = append(variants, variant{"kubectl bridge forward, receives not batched", doc.url(t, "svc/echo", "")})
 	}
 	// kubectl over SPDY (KUBECTL_PORT_FORWARD_WEBSOCKETS=false, kubectl's own switch): the
 	// transport kubefwd uses, and the one forward tries first.

@@ -118,6 +118,9 @@ type Options struct {
 	// EarlyData sends a connection's first bytes without waiting for the kubelet to acknowledge
 	// its streams (hidden flag, for measurements).
 	EarlyData bool
+	// BatchReceives wakes this process once per batch of received bytes during a bulk download
+	// rather than once per TLS record (hidden flag, for measurements).
+	BatchReceives bool
 	// MaxProcs is how many CPUs run this process's Go code at once (GOMAXPROCS); 0 leaves Go's
 	// default, one per CPU. An environment's GOMAXPROCS wins (hidden flag, for measurements).
 	MaxProcs int
@@ -144,6 +147,7 @@ func NewOptions(streams genericiooptions.IOStreams) *Options {
 		PodRunningTimeout: defaultPodRunningTimeout,
 		CoalesceFrames:    true,
 		EarlyData:         true,
+		BatchReceives:     true,
 		MaxProcs:          defaultMaxProcs,
 		IOStreams:         streams,
 	}
@@ -183,6 +187,8 @@ func NewCmdForward(f cmdutil.Factory, streams genericiooptions.IOStreams) *cobra
 	_ = flags.MarkHidden("coalesce-frames")
 	flags.BoolVar(&o.EarlyData, "early-data", o.EarlyData, "Send a connection's first bytes without waiting for the kubelet to acknowledge its streams.")
 	_ = flags.MarkHidden("early-data")
+	flags.BoolVar(&o.BatchReceives, "batch-receives", o.BatchReceives, "During bulk downloads, wake once per batch of received bytes rather than once per TLS record.")
+	_ = flags.MarkHidden("batch-receives")
 	flags.IntVar(&o.MaxProcs, "max-procs", o.MaxProcs, "CPUs that run Go code at once (GOMAXPROCS); 0 for one per CPU.")
 	_ = flags.MarkHidden("max-procs")
 	cmdutil.AddPodRunningTimeoutFlag(cmd, defaultPodRunningTimeout)
@@ -289,6 +295,7 @@ func (o *Options) Run(ctx context.Context) error {
 	dialer := portforward.NewRESTDialer(o.config, o.client.CoreV1().RESTClient(), o.transport)
 	dialer.CoalesceFrames = o.CoalesceFrames
 	dialer.EarlyData = o.EarlyData
+	dialer.BatchReceives = o.BatchReceives
 	pool := portforward.NewPool(dialer, portforward.Options{})
 	defer pool.Close()
 	printer := &eventPrinter{w: events}

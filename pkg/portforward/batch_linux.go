@@ -62,16 +62,24 @@ func kernelWakesOnLowerLowWater() bool {
 	return kernelAtLeast(b.String(), 5, 4)
 }
 
-// kernelAtLeast compares a release string like "6.18.44-fc" with major.minor.
+// kernelAtLeast compares a release string like "6.18.44-fc" or "5.10-rc1" with major.minor.
 func kernelAtLeast(release string, major, minor int) bool {
 	parts := strings.SplitN(release, ".", 3)
 	if len(parts) < 2 {
 		return false
 	}
 	ma, err1 := strconv.Atoi(parts[0])
-	mi, err2 := strconv.Atoi(strings.TrimRightFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' }))
+	mi, err2 := strconv.Atoi(leadingDigits(parts[1]))
 	if err1 != nil || err2 != nil {
 		return false
 	}
 	return ma > major || ma == major && mi >= minor
+}
+
+func leadingDigits(s string) string {
+	i := strings.IndexFunc(s, func(r rune) bool { return r < '0' || r > '9' })
+	if i < 0 {
+		return s
+	}
+	return s[:i]
 }

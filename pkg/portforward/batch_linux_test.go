@@ -83,3 +83,19 @@ func TestBatchedTransferEnds(t *testing.T) {
 		t.Fatalf("the transfer's last %d bytes were held (marks set: %v)", tail, log.got())
 	}
 }
+
+func TestKernelAtLeast(t *testing.T) {
+	for release, want := range map[string]bool{
+		"6.18.44-fc-v445":   true,
+		"5.4.0-150-generic": true,
+		"5.10-rc1":          true,
+		"5.3.18":            false,
+		"4.19.0":            false,
+		"3":                 false,
+		"":                  false,
+	} {
+		if got := kernelAtLeast(release, 5, 4); got != want {
+			t.Errorf("kernelAtLeast(%q, 5, 4) = %v, want %v", release, got, want)
+		}
+	}
+}

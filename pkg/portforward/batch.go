@@ -26,11 +26,11 @@ const (
 	batchWait = time.Millisecond
 )
 
-// receiveBatcher raises and lowers a connection's low-water mark as its data frames come. The
-// zero of its methods' receiver, nil, does nothing: batching off, or not available (not Linux,
-// not a TCP socket underneath).
+// receiveBatcher raises and lowers a connection's low-water mark as its data frames come. A nil
+// *receiveBatcher does nothing: batching off, or not available (not Linux, not a TCP socket
+// underneath).
 type receiveBatcher struct {
-	setLowWater func(bytes int) error
+	setLowWater func(bytes int) error // nil once batching has stopped
 
 	mu    sync.Mutex
 	run   int  // bytes of consecutive full data frames
@@ -57,9 +57,6 @@ func (b *receiveBatcher) frame(n int) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.setLowWater == nil {
-		return // failed before
-	}
 	if n < chunkSize {
 		b.run = 0
 		if b.on {
@@ -80,12 +77,10 @@ func (b *receiveBatcher) frame(n int) {
 func (b *receiveBatcher) flush() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.setLowWater != nil {
-		b.set(false)
-	}
+	b.set(false)
 }
 
-// stop lowers the mark for good (the connection ends).
+// stop ends batching: the connection ends, its socket is about to close.
 func (b *receiveBatcher) stop() {
 	if b == nil {
 		return
@@ -97,7 +92,7 @@ func (b *receiveBatcher) stop() {
 }
 
 func (b *receiveBatcher) set(on bool) {
-	if b.on == on {
+	if b.on == on || b.setLowWater == nil {
 		return
 	}
 	bytes := 1 // the kernel's default: wake for any data
@@ -105,14 +100,9 @@ func (b *receiveBatcher) set(on bool) {
 		bytes = batchBytes
 	}
 	if err := b.setLowWater(bytes); err != nil {
-		// The socket refused: leave it at whatever it has (the kernel applies a mark it accepts
-		// at once) and batch no more.
+		// The socket refused (a refused mark leaves the old one): batch no more.
 		klog.V(3).InfoS("Port-forward connection: receive batching off", "err", err)
-		if on {
-			_ = b.setLowWater(1)
-		}
 		b.setLowWater = nil
-		b.on = false
 		return
 	}
 	b.on = on

@@ -14,16 +14,15 @@ func lowWaterSetter(conn net.Conn) func(int) error {
 	if !kernelWakesOnLowerLowWater() {
 		return nil
 	}
-	for {
+	for unwrapped := true; unwrapped; {
 		switch c := conn.(type) {
 		case *frameCoalescer:
 			conn = c.Conn
-			continue
 		case interface{ NetConn() net.Conn }: // *tls.Conn
 			conn = c.NetConn()
-			continue
+		default:
+			unwrapped = false
 		}
-		break
 	}
 	tcp, ok := conn.(*net.TCPConn)
 	if !ok {

@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -33,6 +34,7 @@ import (
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/agent"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/cleanup"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/inventory"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/objects"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/redirect"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/session"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/tunnel"
@@ -41,6 +43,15 @@ import (
 // DefaultIdleGrace is how long the agent waits with no live session before it restores the
 // Service and removes itself.
 const DefaultIdleGrace = 30 * time.Second
+
+// DefaultReconnectGrace is how long a session whose tunnel dropped keeps the Service switched:
+// a CLI that was killed gives the Service back to the original pods this soon after, without
+// waiting for its Lease to expire, while a tunnel that only blipped reconnects within it.
+const DefaultReconnectGrace = 5 * time.Second
+
+// DefaultStartGrace is how long a session that never attached keeps the Service switched, from
+// when this agent first saw its Lease: its CLI switches the Service and then dials the tunnel.
+const DefaultStartGrace = 15 * time.Second
 
 // Config configures a Controller.
 type Config struct {
@@ -51,6 +62,8 @@ type Config struct {
 	PodName string
 	// IdleGrace defaults to DefaultIdleGrace.
 	IdleGrace time.Duration
+	// ReconnectGrace and StartGrace default to DefaultReconnectGrace and DefaultStartGrace.
+	ReconnectGrace, StartGrace time.Duration
 	// Interval is how often expiry, idleness and the selector are checked (default 1s); informer
 	// events trigger a check at once too.
 	Interval time.Duration
@@ -84,6 +97,13 @@ type Controller struct {
 	mu        sync.Mutex
 	idleSince time.Time
 	podReady  bool
+	// attachedAt is when each session was last seen attached; firstSeen when its Lease was first
+	// seen. Both by this agent's clock: no decision compares it with the laptop's.
+	attachedAt, firstSeen map[string]time.Time
+	// wasServing is whether the last check found a session that keeps the Service switched.
+	wasServing bool
+	// resets counts foreign resets of the selector seen by this agent.
+	resets int
 	// reported are the request counts last written to each session's Lease, and when.
 	reported     map[string]int64
 	reportedTime time.Time
@@ -101,6 +121,12 @@ func New(cfg Config) *Controller {
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Second
+	}
+	if cfg.ReconnectGrace <= 0 {
+		cfg.ReconnectGrace = DefaultReconnectGrace
+	}
+	if cfg.StartGrace <= 0 {
+		cfg.StartGrace = DefaultStartGrace
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
@@ -122,9 +148,11 @@ func New(cfg Config) *Controller {
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.Service).String()
 			})),
-		kick:     make(chan struct{}, 1),
-		statuses: make(chan statusUpdate, 64),
-		synced:   make(chan struct{}),
+		kick:       make(chan struct{}, 1),
+		statuses:   make(chan statusUpdate, 64),
+		synced:     make(chan struct{}),
+		attachedAt: map[string]time.Time{},
+		firstSeen:  map[string]time.Time{},
 	}
 	c.leases = c.factory.Coordination().V1().Leases().Lister()
 	c.services = c.svcs.Core().V1().Services().Lister()
@@ -227,6 +255,10 @@ func orUnknown(s string) string {
 
 // OnSessionEvent writes admission results onto the sessions' Leases, off the data path.
 func (c *Controller) OnSessionEvent(ev agent.SessionEvent) {
+	if ev.Kind == agent.SessionDetached {
+		// The next check measures the reconnect grace from now.
+		c.poke()
+	}
 	var st session.Status
 	switch {
 	case ev.Kind == agent.SessionAttached:
@@ -273,12 +305,15 @@ const (
 )
 
 // Run checks sessions, idleness and the selector until ctx ends or there is nothing left to do.
+// It never returns while the Service may still point at the agent: a teardown that fails (the
+// API server away, a restore refused) is logged and tried again at the next check, and the agent
+// keeps serving meanwhile.
 func (c *Controller) Run(ctx context.Context, srv Evicter) (Outcome, error) {
 	tick := c.cfg.Clock.NewTicker(c.cfg.Interval)
 	defer tick.Stop()
 	for {
-		if out, done, err := c.check(ctx, srv); done || err != nil {
-			return out, err
+		if out, done := c.check(ctx, srv); done {
+			return out, nil
 		}
 		select {
 		case <-ctx.Done():
@@ -289,25 +324,34 @@ func (c *Controller) Run(ctx context.Context, srv Evicter) (Outcome, error) {
 	}
 }
 
-func (c *Controller) check(ctx context.Context, srv Evicter) (Outcome, bool, error) {
+func (c *Controller) check(ctx context.Context, srv Evicter) (Outcome, bool) {
 	now := c.cfg.Clock.Now()
 	live := c.liveSessions(now)
+	attached := map[string]bool{}
 	for _, s := range srv.Sessions() {
 		if !live[s.ID] {
 			if srv.Evict(s.ID, "session lease expired or deleted") {
 				c.log.Info("evicted session", "session", s.ID)
 			}
+			continue
 		}
+		attached[s.ID] = true
 	}
 	c.reportRequests(srv, now)
+	serving := c.serving(live, attached, now)
 
 	svc, err := c.services.Services(c.cfg.Namespace).Get(c.cfg.Service)
 	if apierrors.IsNotFound(err) {
 		c.log.Info("intercepted service deleted, removing the agent")
-		return OutcomeServiceDeleted, true, c.teardown(ctx)
+		if err := c.teardown(ctx, ""); err != nil {
+			c.log.Warn("remove the agent", "err", err)
+			return "", false
+		}
+		return OutcomeServiceDeleted, true
 	}
 	if err != nil {
-		return "", false, err
+		c.log.Warn("read the service from the cache", "err", err)
+		return "", false
 	}
 
 	if len(live) == 0 {
@@ -317,31 +361,148 @@ func (c *Controller) check(ctx context.Context, srv Evicter) (Outcome, bool, err
 		}
 		idle := now.Sub(c.idleSince)
 		c.mu.Unlock()
-		if idle >= c.cfg.IdleGrace {
-			c.log.Info("no live session for the grace period, restoring the service", "grace", c.cfg.IdleGrace)
-			return OutcomeIdle, true, c.teardown(ctx)
+		if idle < c.cfg.IdleGrace {
+			c.giveBack(ctx, svc, "no session is left")
+			return "", false
 		}
-		return "", false, nil
+		c.log.Info("no live session for the grace period, restoring the service", "grace", c.cfg.IdleGrace)
+		r, err := cleanup.Retire(ctx, c.cfg.Client, inventory.ServiceKey{Namespace: c.cfg.Namespace, Name: c.cfg.Service},
+			cleanup.RetireOptions{By: "agent " + c.cfg.PodName, Now: c.cfg.Clock.Now})
+		switch {
+		case err != nil:
+			c.log.Warn("retire the agent; the agent keeps serving and tries again", "err", err)
+			c.event(svc, corev1.EventTypeWarning, "RestoreFailed", "kubectl-bridge: could not give the Service back its selector, the agent keeps serving it: %v", err)
+			return "", false
+		case r.Live > 0:
+			// A session started at this very moment: it keeps the agent.
+			c.mu.Lock()
+			c.idleSince = time.Time{}
+			c.mu.Unlock()
+			return "", false
+		}
+		if err := c.teardown(ctx, r.Job); err != nil {
+			c.log.Warn("remove what the agent left", "err", err)
+		}
+		return OutcomeIdle, true
 	}
 	c.mu.Lock()
 	c.idleSince = time.Time{}
 	c.mu.Unlock()
 
+	if !serving {
+		c.giveBack(ctx, svc, "no session's tunnel is connected")
+		return "", false
+	}
 	if !redirect.Switched(svc) && c.ready(ctx) {
 		res, err := redirect.Switch(ctx, c.cfg.Client.CoreV1(), c.cfg.Namespace, c.cfg.Service)
 		if err != nil {
 			c.log.Warn("re-apply selector switch", "err", err)
-			return "", false, nil
+			c.event(svc, corev1.EventTypeWarning, "SwitchFailed", "kubectl-bridge: could not switch the Service to the agent: %v", err)
+			return "", false
 		}
-		if res != redirect.Unchanged {
-			c.log.Info("selector switched to the agent", "result", res)
-			if res == redirect.Reapplied && c.recorder != nil {
-				c.recorder.Eventf(svc, corev1.EventTypeWarning, "SelectorReapplied",
-					"kubectl-bridge: the selector was reset while %d intercept session(s) are live; switched back to the agent (the new selector will be restored when they end)", len(live))
-			}
+		c.switched(svc, res, len(live))
+	}
+	return "", false
+}
+
+// serving reports whether a live session keeps the Service switched: one attached now, one whose
+// tunnel dropped less than ReconnectGrace ago, or one that has not attached yet and whose Lease
+// this agent first saw less than StartGrace ago.
+func (c *Controller) serving(live, attached map[string]bool, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range c.firstSeen {
+		if !live[id] {
+			delete(c.firstSeen, id)
+			delete(c.attachedAt, id)
 		}
 	}
-	return "", false, nil
+	serving := false
+	for id := range live {
+		if _, ok := c.firstSeen[id]; !ok {
+			c.firstSeen[id] = now
+		}
+		if attached[id] {
+			c.attachedAt[id] = now
+		}
+		at, ever := c.attachedAt[id]
+		switch {
+		case attached[id],
+			ever && now.Sub(at) < c.cfg.ReconnectGrace,
+			!ever && now.Sub(c.firstSeen[id]) < c.cfg.StartGrace:
+			serving = true
+		}
+	}
+	if c.wasServing && !serving {
+		c.log.Info("no session is connected: giving the service back to the original pods until one reconnects")
+	}
+	c.wasServing = serving
+	return serving
+}
+
+// giveBack restores the Service while no session keeps it switched; the agent stays, so that a
+// CLI that reconnects switches it again.
+func (c *Controller) giveBack(ctx context.Context, svc *corev1.Service, why string) {
+	if !redirect.PointsAtAgent(svc) {
+		return
+	}
+	if _, err := redirect.Restore(ctx, c.cfg.Client.CoreV1(), c.cfg.Namespace, c.cfg.Service); err != nil {
+		c.log.Warn("give the service back", "err", err)
+		c.event(svc, corev1.EventTypeWarning, "RestoreFailed", "kubectl-bridge: could not give the Service back its selector, the agent keeps serving it: %v", err)
+		return
+	}
+	c.log.Info("service given back to the original pods", "why", why)
+	c.event(svc, corev1.EventTypeNormal, "SelectorRestored", "kubectl-bridge: %s; the original pods serve the Service until a session reconnects", why)
+}
+
+// switched reports a switch the agent made, naming who reset the selector.
+func (c *Controller) switched(svc *corev1.Service, res redirect.Result, live int) {
+	if res == redirect.Unchanged {
+		return
+	}
+	c.log.Info("selector switched to the agent", "result", res)
+	by := resetBy(svc)
+	switch res {
+	case redirect.Reapplied:
+		c.mu.Lock()
+		c.resets++
+		n := c.resets
+		c.mu.Unlock()
+		c.event(svc, corev1.EventTypeWarning, "SelectorReapplied",
+			"kubectl-bridge: the selector was reset%s while %d intercept session(s) are live (%d time(s) so far); switched back to the agent, the original selector is kept%s",
+			by, live, n, exemption(svc))
+	case redirect.Adopted:
+		c.event(svc, corev1.EventTypeWarning, "SelectorChanged",
+			"kubectl-bridge: the selector was changed to %s%s while %d intercept session(s) are live; unmatched traffic now goes to it, and it will be restored when they end",
+			objects.SelectorString(redirect.OwnerSelector(svc)), by, live)
+	case redirect.Repaired:
+		c.event(svc, corev1.EventTypeWarning, "SelectorSaved",
+			"kubectl-bridge: the saved original selector was missing or unreadable; saved it again from the shadow Service")
+	}
+}
+
+func (c *Controller) event(svc *corev1.Service, typ, reason, format string, args ...any) {
+	if c.recorder != nil {
+		c.recorder.Eventf(svc, typ, reason, format, args...)
+	}
+}
+
+// resetBy names the field manager that last wrote the selector, for Events.
+func resetBy(svc *corev1.Service) string {
+	manager, op := redirect.SelectorManager(svc)
+	if manager == "" {
+		return ""
+	}
+	return fmt.Sprintf(" by %s (%s)", manager, op)
+}
+
+// exemption is the exception a GitOps controller needs, when one manages the Service.
+func exemption(svc *corev1.Service) string {
+	manager, _ := redirect.SelectorManager(svc)
+	if g := redirect.GitOpsOf(svc, manager); g != nil {
+		return fmt.Sprintf("; %s manages this Service: %s", g.Tool, g.Exemption)
+	}
+	return ""
 }
 
 // reportRequests writes each attached session's request count onto its Lease (for `list`), at
@@ -421,8 +582,14 @@ func (c *Controller) Shutdown(ctx context.Context) error {
 
 // teardown restores the Service, deletes the Leases its dead sessions left (their CLIs are gone:
 // nobody else would), the shadow Service and the agent Job; garbage collection removes the agent's
-// RBAC and pod, which the agent may not delete itself.
-func (c *Controller) teardown(ctx context.Context) error {
+// RBAC and pod, which the agent may not delete itself. Nothing is deleted unless the restore
+// succeeded (cleanup.Execute), and on the idle path Retire has restored and deleted the Job
+// already.
+//
+// retired is the UID of the Job Retire deleted: then only the shadow Service that Job owns is
+// deleted besides the Leases (a session starting right after may have created new objects of
+// the same names).
+func (c *Controller) teardown(ctx context.Context, retired types.UID) error {
 	var acts []cleanup.Action
 	now := c.cfg.Clock.Now()
 	leases, _ := c.leases.Leases(c.cfg.Namespace).List(labels.Everything())
@@ -432,7 +599,11 @@ func (c *Controller) teardown(ctx context.Context) error {
 		}
 	}
 	for _, a := range cleanup.ServiceTeardown(inventory.ServiceKey{Namespace: c.cfg.Namespace, Name: c.cfg.Service}, nil) {
-		if a.Kind == cleanup.KindService || a.Kind == cleanup.KindJob || a.Kind == cleanup.KindLease {
+		switch {
+		case retired != "" && a.Kind == cleanup.KindService && a.Verb == cleanup.VerbDelete:
+			a.Owner = retired
+			acts = append(acts, a)
+		case retired == "" && (a.Kind == cleanup.KindService || a.Kind == cleanup.KindJob):
 			acts = append(acts, a)
 		}
 	}

@@ -128,8 +128,8 @@ func TestSwitchesWhileLiveAndHealsAReset(t *testing.T) {
 	ctl, c, _ := setup(t, lease(t, "live0001", t0))
 	srv := &fakeServer{}
 	ctx := context.Background()
-	if _, done, err := ctl.check(ctx, srv); done || err != nil {
-		t.Fatalf("check = %v, %v", done, err)
+	if _, done := ctl.check(ctx, srv); done {
+		t.Fatal("check ended the agent")
 	}
 	if !redirect.Switched(getService(t, c)) {
 		t.Fatalf("a live session and a Ready agent: service not switched: %v", getService(t, c).Spec.Selector)
@@ -141,9 +141,7 @@ func TestSwitchesWhileLiveAndHealsAReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitCache(t, func() bool { s, _ := ctl.services.Services("dev").Get("api"); return !redirect.Switched(s) })
-	if _, _, err := ctl.check(ctx, srv); err != nil {
-		t.Fatal(err)
-	}
+	ctl.check(ctx, srv)
 	if svc := getService(t, c); !redirect.Switched(svc) || !maps.Equal(objects.OriginalSelector(svc), map[string]string{"app": "api"}) {
 		t.Fatalf("after a reset: selector %v annotations %v", svc.Spec.Selector, svc.Annotations)
 	}
@@ -159,16 +157,16 @@ func TestEvictsAndTearsDownWhenIdle(t *testing.T) {
 	waitCache(t, func() bool { s, _ := ctl.services.Services("dev").Get("api"); return redirect.Switched(s) })
 
 	clk.Step(31 * time.Second) // the Lease expires
-	if _, done, _ := ctl.check(ctx, srv); done {
+	if _, done := ctl.check(ctx, srv); done {
 		t.Fatal("torn down before the idle grace")
 	}
 	if len(srv.evicted) != 1 || srv.evicted[0] != "dead0001" {
 		t.Fatalf("evicted = %v, want the expired session", srv.evicted)
 	}
 	clk.Step(31 * time.Second)
-	out, done, err := ctl.check(ctx, srv)
-	if !done || err != nil || out != OutcomeIdle {
-		t.Fatalf("after the grace: %v %v %v", out, done, err)
+	out, done := ctl.check(ctx, srv)
+	if !done || out != OutcomeIdle {
+		t.Fatalf("after the grace: %v %v", out, done)
 	}
 	if svc := getService(t, c); redirect.Switched(svc) || svc.Spec.Selector["app"] != "api" {
 		t.Fatalf("service not restored: %v", svc.Spec.Selector)
@@ -201,5 +199,92 @@ func TestOnlyAuthenticatedRefusalsAreRecorded(t *testing.T) {
 	ctl.OnSessionEvent(agent.SessionEvent{Kind: agent.SessionRefused, SessionID: "live0001", Reason: "rule conflict", Authenticated: true})
 	if u := <-ctl.statuses; u.status.Phase != session.PhaseRejected || u.status.Message != "rule conflict" {
 		t.Fatalf("admission refusal recorded as %+v", u.status)
+	}
+}
+
+// TestGivesTheServiceBackWhenTheTunnelIsGone: a killed CLI's Lease lives on for its duration, but
+// its tunnel is gone at once; after the reconnect grace the Service selects the original pods
+// again while the agent stays, and a CLI that reconnects gets the switch back.
+func TestGivesTheServiceBackWhenTheTunnelIsGone(t *testing.T) {
+	ctl, c, clk := setup(t, lease(t, "live0001", t0))
+	srv := &fakeServer{sessions: []agent.SessionSpec{{ID: "live0001"}}}
+	ctx := context.Background()
+	ctl.check(ctx, srv)
+	waitCache(t, func() bool { s, _ := ctl.services.Services("dev").Get("api"); return redirect.Switched(s) })
+
+	srv.sessions = nil // the CLI was killed: its tunnel closed
+	clk.Step(time.Second)
+	ctl.check(ctx, srv)
+	if !redirect.Switched(getService(t, c)) {
+		t.Fatal("given back within the reconnect grace: a blip would flap the Service")
+	}
+	clk.Step(DefaultReconnectGrace)
+	if _, done := ctl.check(ctx, srv); done {
+		t.Fatal("the agent ended while a session's Lease is live")
+	}
+	svc := getService(t, c)
+	if redirect.PointsAtAgent(svc) || !maps.Equal(svc.Spec.Selector, map[string]string{"app": "api"}) {
+		t.Fatalf("after the reconnect grace: selector %v, want the original", svc.Spec.Selector)
+	}
+	waitCache(t, func() bool { s, _ := ctl.services.Services("dev").Get("api"); return !redirect.PointsAtAgent(s) })
+
+	srv.sessions = []agent.SessionSpec{{ID: "live0001"}} // the CLI reconnects
+	clk.Step(time.Second)
+	ctl.check(ctx, srv)
+	if !redirect.Switched(getService(t, c)) {
+		t.Fatalf("a reconnected session: selector %v, want the agent's", getService(t, c).Spec.Selector)
+	}
+}
+
+// TestStartGrace: a session that has not attached yet (its CLI is switching the Service and
+// dialing) keeps the switch for the start grace, from when this agent first saw its Lease.
+func TestStartGrace(t *testing.T) {
+	ctl, c, clk := setup(t, lease(t, "live0001", t0))
+	srv := &fakeServer{}
+	ctx := context.Background()
+	ctl.check(ctx, srv)
+	if !redirect.Switched(getService(t, c)) {
+		t.Fatal("a new session's Lease: service not switched")
+	}
+	waitCache(t, func() bool { s, _ := ctl.services.Services("dev").Get("api"); return redirect.Switched(s) })
+	// Its CLI renews the Lease but never attaches.
+	clk.Step(DefaultStartGrace)
+	renew(t, c, "live0001", clk.Now())
+	waitCache(t, func() bool { return len(ctl.liveSessions(clk.Now())) == 1 })
+	ctl.check(ctx, srv)
+	if redirect.PointsAtAgent(getService(t, c)) {
+		t.Fatal("a session that never attached kept the Service past the start grace")
+	}
+}
+
+// TestKeepsServingWhileTheRestoreFails: with no copy of the original selector left, the agent
+// neither tears down nor exits: the Service points at it, so it keeps serving.
+func TestKeepsServingWhileTheRestoreFails(t *testing.T) {
+	ctl, c, clk := setup(t)
+	ctx := context.Background()
+	svc := getService(t, c)
+	svc.Spec.Selector = objects.AgentSelector("api") // switched, annotation and shadow lost
+	if _, err := c.CoreV1().Services("dev").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitCache(t, func() bool { s, _ := ctl.services.Services("dev").Get("api"); return redirect.PointsAtAgent(s) })
+	clk.Step(2 * DefaultIdleGrace)
+	if out, done := ctl.check(ctx, &fakeServer{}); done {
+		t.Fatalf("the agent ended (%s) while the Service points at it", out)
+	}
+	if _, err := c.BatchV1().Jobs("dev").Get(ctx, objects.AgentName("api"), metav1.GetOptions{}); err != nil {
+		t.Fatalf("the agent job was deleted although the Service is not restored: %v", err)
+	}
+}
+
+func renew(t *testing.T, c *fake.Clientset, id string, now time.Time) {
+	t.Helper()
+	l, err := c.CoordinationV1().Leases("dev").Get(context.Background(), session.LeaseName(id), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Spec.RenewTime = &metav1.MicroTime{Time: now}
+	if _, err := c.CoordinationV1().Leases("dev").Update(context.Background(), l, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"io"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/inventory"
@@ -40,6 +42,13 @@ const (
 // Action is one change cleanup makes.
 type Action struct {
 	Verb, Kind, Namespace, Name string
+	// Service is the intercepted Service the action belongs to, if any: when its restore fails,
+	// Execute deletes none of its other objects (the shadow Service holds a copy of the original
+	// selector, and the agent keeps serving while the Service points at it).
+	Service string
+	// Owner, when set, restricts a delete to an object owned by that UID: what a retired agent
+	// Job owned, never the same-named objects of a new agent another session has started.
+	Owner types.UID
 	// Patch is the merge patch of a restore, shown by dry runs.
 	Patch []byte
 }
@@ -55,37 +64,48 @@ func (a Action) String() string {
 func ServiceTeardown(key inventory.ServiceKey, inv *inventory.Inventory) []Action {
 	var acts []Action
 	agent := objects.AgentName(key.Name)
+	svc := key.Name
 	if inv == nil {
-		acts = append(acts, Action{Verb: VerbRestore, Kind: KindService, Namespace: key.Namespace, Name: key.Name})
-		acts = append(acts, Action{Verb: VerbDelete, Kind: KindService, Namespace: key.Namespace, Name: objects.ShadowName(key.Name)})
-		acts = append(acts, Action{Verb: VerbDelete, Kind: KindJob, Namespace: key.Namespace, Name: agent})
-		return append(acts, rbac(key.Namespace, agent)...)
+		acts = append(acts, Action{Verb: VerbRestore, Kind: KindService, Namespace: key.Namespace, Name: key.Name, Service: svc})
+		acts = append(acts, Action{Verb: VerbDelete, Kind: KindService, Namespace: key.Namespace, Name: objects.ShadowName(key.Name), Service: svc})
+		acts = append(acts, Action{Verb: VerbDelete, Kind: KindJob, Namespace: key.Namespace, Name: agent, Service: svc})
+		return append(acts, AgentRBAC(key.Namespace, svc, "")...)
+	}
+	var shadow *corev1.Service
+	for k, s := range inv.Shadows {
+		if s.Namespace == key.Namespace && s.Labels[objects.LabelService] == key.Name {
+			shadow = &inv.Shadows[k]
+		}
 	}
 	for _, s := range inv.Switched {
 		if s.Namespace == key.Namespace && s.Name == key.Name {
-			patch, _ := redirect.RestorePatch(&s)
-			acts = append(acts, Action{Verb: VerbRestore, Kind: KindService, Namespace: s.Namespace, Name: s.Name, Patch: patch})
+			patch, err := redirect.RestorePatch(&s, shadow)
+			if err != nil {
+				patch = []byte(err.Error())
+			}
+			acts = append(acts, Action{Verb: VerbRestore, Kind: KindService, Namespace: s.Namespace, Name: s.Name, Service: svc, Patch: patch})
 		}
 	}
-	for _, s := range inv.Shadows {
-		if s.Namespace == key.Namespace && s.Labels[objects.LabelService] == key.Name {
-			acts = append(acts, Action{Verb: VerbDelete, Kind: KindService, Namespace: s.Namespace, Name: s.Name})
-		}
+	if shadow != nil {
+		acts = append(acts, Action{Verb: VerbDelete, Kind: KindService, Namespace: shadow.Namespace, Name: shadow.Name, Service: svc})
 	}
 	for _, j := range inv.Agents {
 		if j.Namespace == key.Namespace && j.Labels[objects.LabelService] == key.Name {
-			acts = append(acts, Action{Verb: VerbDelete, Kind: KindJob, Namespace: j.Namespace, Name: j.Name})
-			acts = append(acts, rbac(j.Namespace, j.Name)...)
+			acts = append(acts, Action{Verb: VerbDelete, Kind: KindJob, Namespace: j.Namespace, Name: j.Name, Service: svc})
+			acts = append(acts, AgentRBAC(j.Namespace, svc, "")...)
 		}
 	}
 	return acts
 }
 
-func rbac(ns, name string) []Action {
+// AgentRBAC plans the deletion of the agent's ServiceAccount, Role and RoleBinding; with owner
+// set, only if the agent Job of that UID owns them.
+func AgentRBAC(ns, service string, owner types.UID) []Action {
+	name := objects.AgentName(service)
 	return []Action{
-		{Verb: VerbDelete, Kind: KindRoleBinding, Namespace: ns, Name: name},
-		{Verb: VerbDelete, Kind: KindRole, Namespace: ns, Name: name},
-		{Verb: VerbDelete, Kind: KindServiceAccount, Namespace: ns, Name: name},
+		{Verb: VerbDelete, Kind: KindRoleBinding, Namespace: ns, Name: name, Service: service, Owner: owner},
+		{Verb: VerbDelete, Kind: KindRole, Namespace: ns, Name: name, Service: service, Owner: owner},
+		{Verb: VerbDelete, Kind: KindServiceAccount, Namespace: ns, Name: name, Service: service, Owner: owner},
 	}
 }
 
@@ -96,9 +116,12 @@ func SessionDelete(s session.Info) Action {
 
 // Execute carries out the actions in order. Each one that changed something is reported to out
 // kubectl-style ("service/api restored", "job.batch/x deleted", with "(dry run)" when dryRun; a
-// dry-run restore also prints its patch). It goes on after a failure and returns every failure.
+// dry-run restore also prints its patch). It goes on after a failure and returns every failure,
+// except that after a failed restore nothing else of that Service is deleted: the shadow Service
+// keeps the last copy of its original selector and the agent keeps serving it.
 func Execute(ctx context.Context, client kubernetes.Interface, acts []Action, dryRun bool, out io.Writer) error {
 	var errs []error
+	unrestored := map[string]bool{} // namespace/service whose restore failed
 	suffix := ""
 	if dryRun {
 		suffix = " (dry run)"
@@ -113,7 +136,14 @@ func Execute(ctx context.Context, client kubernetes.Interface, acts []Action, dr
 			}
 			continue
 		}
+		if a.Service != "" && a.Kind != KindLease && unrestored[a.Namespace+"/"+a.Service] {
+			errs = append(errs, fmt.Errorf("%s %s: skipped: service %s is not restored, and this is needed to restore it or keeps serving it", a.Verb, a, a.Service))
+			continue
+		}
 		changed, err := execute(ctx, client, a)
+		if err != nil && a.Verb == VerbRestore {
+			unrestored[a.Namespace+"/"+a.Name] = true
+		}
 		switch {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s %s: %w", a.Verb, a, err))
@@ -179,6 +209,10 @@ func execute(ctx context.Context, client kubernetes.Interface, a Action) (bool, 
 	if obj.GetLabels()[objects.LabelManagedBy] != objects.ManagedBy {
 		return false, fmt.Errorf("not deleted: it is not labelled %s=%s, so kubectl-bridge did not create it", objects.LabelManagedBy, objects.ManagedBy)
 	}
+	if a.Owner != "" && !ownedBy(obj, a.Owner) {
+		// A new agent's object of the same name: not ours to delete.
+		return false, nil
+	}
 	uid := obj.GetUID()
 	background := metav1.DeletePropagationBackground
 	err = del(ctx, a.Name, metav1.DeleteOptions{PropagationPolicy: &background, Preconditions: &metav1.Preconditions{UID: &uid}})
@@ -186,4 +220,13 @@ func execute(ctx context.Context, client kubernetes.Interface, a Action) (bool, 
 		return false, nil
 	}
 	return err == nil, err
+}
+
+func ownedBy(obj metav1.Object, uid types.UID) bool {
+	for _, ref := range obj.GetOwnerReferences() {
+		if ref.UID == uid {
+			return true
+		}
+	}
+	return false
 }

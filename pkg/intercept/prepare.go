@@ -146,6 +146,8 @@ func (p *Plan) checkService() error {
 	switch {
 	case s.Spec.Type == corev1.ServiceTypeExternalName:
 		return fmt.Errorf("service %s/%s is an ExternalName Service (%s): it has no pods to stand in for; intercept the Service that serves it", s.Namespace, s.Name, s.Spec.ExternalName)
+	case len(objects.OriginalSelector(s)) == 0 && s.Spec.Selector[objects.LabelAgentFor] != "":
+		return fmt.Errorf("service %s/%s selects only a kubectl-bridge agent and its saved original selector is missing; run 'kubectl bridge clean svc/%s -n %s' to restore it from the shadow Service, then try again", s.Namespace, s.Name, s.Name, s.Namespace)
 	case len(objects.OriginalSelector(s)) == 0:
 		return fmt.Errorf("service %s/%s has no selector (its endpoints are managed by hand), so its traffic cannot be redirected; intercept a Service with a selector", s.Namespace, s.Name)
 	}

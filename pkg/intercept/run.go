@@ -9,7 +9,9 @@ import (
 	"net"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/cleanup"
@@ -89,44 +91,30 @@ func (i *Intercept) Close(ctx context.Context, out io.Writer) (Closed, error) {
 	if err := i.sess.Delete(ctx); err != nil {
 		return Closed{}, fmt.Errorf("%w (%s)", err, undo)
 	}
-	infos, err := session.List(ctx, p.cfg.Client.CoordinationV1(), p.cfg.Namespace, session.KindIntercept)
+	// Retire keeps the agent when another session is live, including one that starts right now.
+	key := inventory.ServiceKey{Namespace: p.cfg.Namespace, Name: p.svc.Name}
+	r, err := cleanup.Retire(ctx, p.cfg.Client, key, cleanup.RetireOptions{By: i.holder, Except: []string{i.sess.ID}})
 	if err != nil {
 		return Closed{}, fmt.Errorf("%w (%s)", err, undo)
 	}
-	now := time.Now()
-	live := 0
-	for _, s := range infos {
-		if inventory.InterceptService(s) == p.svc.Name && !s.Expired(now) {
-			live++
-		}
-	}
-	if live > 0 {
-		fmt.Fprintf(out, "The agent keeps serving %d other session(s) on service %s.\n", live, p.svc.Name)
+	if r.Live > 0 {
+		fmt.Fprintf(out, "The agent keeps serving %d other session(s) on service %s.\n", r.Live, p.svc.Name)
 		return Closed{}, nil
 	}
-	// Restore first: the original pods take new connections at once. Then the agent goes, and
-	// the shadow Service and RBAC only once its pod is gone: until kube-proxy has caught up with
-	// the restore, the stopping agent keeps taking connections (it drains), and it sends those no
-	// session wants to the original pods through the shadow Service.
-	var restore, agent, rest []cleanup.Action
-	for _, a := range cleanup.ServiceTeardown(inventory.ServiceKey{Namespace: p.cfg.Namespace, Name: p.svc.Name}, nil) {
-		switch {
-		case a.Verb == cleanup.VerbRestore:
-			restore = append(restore, a)
-		case a.Kind == cleanup.KindJob:
-			agent = append(agent, a)
-		default:
-			rest = append(rest, a)
-		}
-	}
-	if err := cleanup.Execute(ctx, p.cfg.Client, restore, false, io.Discard); err != nil {
-		return Closed{}, fmt.Errorf("restore service %s: %w (%s)", p.svc.Name, err, undo)
-	}
+	// The Service was restored first (the original pods take new connections at once), and the
+	// agent Job deleted. The shadow Service and RBAC go only once the agent's pod is gone: until
+	// kube-proxy has caught up with the restore, the stopping agent keeps taking connections (it
+	// drains), and it sends those no session wants to the original pods through the shadow.
+	// They are deleted only if the retired Job owns them: a session starting meanwhile has
+	// objects of the same names.
 	res := Closed{Restored: true, SelectorRestored: time.Since(start)}
-	if err := cleanup.Execute(ctx, p.cfg.Client, agent, false, io.Discard); err != nil {
-		return res, fmt.Errorf("remove the agent of service %s: %w (%s)", p.svc.Name, err, undo)
+	if r.Job == "" {
+		return res, nil
 	}
-	i.waitAgentGone(ctx)
+	i.waitAgentGone(ctx, r.Job)
+	rest := append([]cleanup.Action{{Verb: cleanup.VerbDelete, Kind: cleanup.KindService, Namespace: p.cfg.Namespace,
+		Name: objects.ShadowName(p.svc.Name), Service: p.svc.Name, Owner: r.Job}},
+		cleanup.AgentRBAC(p.cfg.Namespace, p.svc.Name, r.Job)...)
 	if err := cleanup.Execute(ctx, p.cfg.Client, rest, false, io.Discard); err != nil {
 		return res, fmt.Errorf("remove the agent of service %s: %w (%s)", p.svc.Name, err, undo)
 	}
@@ -138,10 +126,11 @@ func (i *Intercept) Close(ctx context.Context, out io.Writer) (Closed, error) {
 // gives connections in flight (10 s) fit in its pod's termination grace period of 15 s.
 const agentGoneTimeout = 20 * time.Second
 
-// waitAgentGone waits until no pod of the agent's Job is left, at most agentGoneTimeout; after
-// that, or when listing fails, teardown goes on (clean, or the agent, remove what stays).
-func (i *Intercept) waitAgentGone(ctx context.Context) {
-	sel := metav1.ListOptions{LabelSelector: "job-name=" + objects.AgentName(i.plan.svc.Name)}
+// waitAgentGone waits until no pod of the retired agent Job (by UID: a new agent has the same
+// name) is left, at most agentGoneTimeout; after that, or when listing fails, teardown goes on
+// (clean, or the agent, remove what stays).
+func (i *Intercept) waitAgentGone(ctx context.Context, job types.UID) {
+	sel := metav1.ListOptions{LabelSelector: batchv1.ControllerUidLabel + "=" + string(job)}
 	pods := i.plan.cfg.Client.CoreV1().Pods(i.plan.cfg.Namespace)
 	_ = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, agentGoneTimeout, true, func(ctx context.Context) (bool, error) {
 		l, err := pods.List(ctx, sel)

@@ -18,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
@@ -36,6 +35,7 @@ type Intercept struct {
 	plan    *Plan
 	sess    *session.Session
 	token   string
+	holder  string
 	created bool
 	// AgentReady is how long the agent took to become Ready (0 when it already ran).
 	AgentReady time.Duration
@@ -69,7 +69,7 @@ func (p *Plan) Start(ctx context.Context, progress io.Writer) (_ *Intercept, err
 	if err != nil {
 		return nil, err
 	}
-	i := &Intercept{plan: p, sess: sess, token: token}
+	i := &Intercept{plan: p, sess: sess, token: token, holder: holder}
 	defer func() {
 		if err != nil {
 			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -105,61 +105,143 @@ func (p *Plan) Start(ctx context.Context, progress io.Writer) (_ *Intercept, err
 
 // ensureAgent joins the running agent of the Service, or creates it: the Job suspended, then the
 // objects it owns, then the Job resumed, so that garbage collection can always remove all of them.
+// An agent that is being retired (its last session ended a moment ago: cleanup.Retire) or whose
+// deadline passed is never joined: this waits for it to go and starts a new one.
 func (i *Intercept) ensureAgent(ctx context.Context, progress io.Writer) error {
 	p := i.plan
 	jobs := p.cfg.Client.BatchV1().Jobs(p.cfg.Namespace)
 	name := objects.AgentName(p.svc.Name)
-	existing, err := jobs.Get(ctx, name, metav1.GetOptions{})
-	switch {
-	case err == nil && !finished(existing):
-		fmt.Fprintf(progress, "Joining the agent already serving service %s.\n", p.svc.Name)
-		return nil
-	case err == nil:
-		// A finished agent (deadline reached): put its Service back and replace it.
-		fmt.Fprintf(progress, "Replacing the finished agent job %s.\n", name)
-		key := inventory.ServiceKey{Namespace: p.cfg.Namespace, Name: p.svc.Name}
-		if err := cleanup.Execute(ctx, p.cfg.Client, cleanup.ServiceTeardown(key, nil), false, io.Discard); err != nil {
-			return err
+	key := inventory.ServiceKey{Namespace: p.cfg.Namespace, Name: p.svc.Name}
+	var markSeen time.Time // when this CLI first saw the current closing mark
+	markVersion := ""
+	said := false
+	for {
+		existing, err := jobs.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			created, err := i.createAgent(ctx, progress)
+			if err != nil || created {
+				return err
+			}
+			continue // another developer created it a moment ago: join it
 		}
-		if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-			_, err := jobs.Get(ctx, name, metav1.GetOptions{})
-			return apierrors.IsNotFound(err), nil
-		}); err != nil {
-			return fmt.Errorf("wait for the old agent job %s to go: %w", name, err)
+		if err != nil {
+			return fmt.Errorf("get agent job %s/%s: %w", p.cfg.Namespace, name, err)
 		}
-	case !apierrors.IsNotFound(err):
-		return fmt.Errorf("get agent job %s/%s: %w", p.cfg.Namespace, name, err)
+		closing := existing.Annotations[objects.AnnotationClosing] != ""
+		deleting := existing.DeletionTimestamp != nil
+		switch {
+		case cleanup.Joinable(existing.Annotations, deleting, finished(existing)):
+			fmt.Fprintf(progress, "Joining the agent already serving service %s.\n", p.svc.Name)
+			return nil
+		case !closing && !deleting:
+			// A finished agent (deadline reached): put its Service back and replace it.
+			fmt.Fprintf(progress, "Replacing the finished agent job %s.\n", name)
+			if err := cleanup.Execute(ctx, p.cfg.Client, cleanup.ServiceTeardown(key, nil), false, io.Discard); err != nil {
+				return err
+			}
+		case closing && !deleting:
+			// Retire marks, checks the Leases, restores and deletes within a second; a mark that
+			// stays is a retirer that died. Taking it off is conditional on the version seen, so a
+			// retirer that lives after all fails its delete and leaves the Job to this session.
+			if existing.ResourceVersion != markVersion {
+				markVersion, markSeen = existing.ResourceVersion, time.Now()
+			} else if time.Since(markSeen) > cleanup.StaleClosing {
+				if err := cleanup.TakeOffStaleMark(ctx, p.cfg.Client, p.cfg.Namespace, name, markVersion); err != nil && !apierrors.IsConflict(err) {
+					return fmt.Errorf("take the stale closing mark off agent job %s: %w", name, err)
+				}
+				continue
+			}
+		}
+		if !said {
+			fmt.Fprintf(progress, "The agent of service %s is ending; starting a new one.\n", p.svc.Name)
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
+}
 
+// createAgent creates the agent Job (suspended) and what it owns, then starts it. It reports false
+// when another session created the Job first.
+func (i *Intercept) createAgent(ctx context.Context, progress io.Writer) (bool, error) {
+	p := i.plan
+	jobs := p.cfg.Client.BatchV1().Jobs(p.cfg.Namespace)
+	name := objects.AgentName(p.svc.Name)
 	fmt.Fprintf(progress, "Starting the agent for service %s (image %s).\n", p.svc.Name, p.cfg.Image)
 	job, err := jobs.Create(ctx, objects.AgentJob(p.params), metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
-		// Another developer started it a moment ago.
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("create agent job: %w", err)
+		return false, fmt.Errorf("create agent job: %w", err)
 	}
 	i.created = true
 	c := p.cfg.Client
+	ns := p.cfg.Namespace
+	// Objects of a retired agent may still be there, waiting for garbage collection: they are
+	// replaced, not adopted, since the collector would delete them under the new agent.
 	if p.cfg.ServiceAccount == "" {
-		if _, err := c.CoreV1().ServiceAccounts(p.cfg.Namespace).Create(ctx, objects.AgentServiceAccount(p.params, job), metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create agent service account: %w", err)
+		if err := createOwned(ctx, c.CoreV1().ServiceAccounts(ns), objects.AgentServiceAccount(p.params, job), job.UID, "agent service account"); err != nil {
+			return true, err
 		}
-		if _, err := c.RbacV1().Roles(p.cfg.Namespace).Create(ctx, objects.AgentRole(p.params, job), metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create agent role: %w", err)
+		if err := createOwned(ctx, c.RbacV1().Roles(ns), objects.AgentRole(p.params, job), job.UID, "agent role"); err != nil {
+			return true, err
 		}
-		if _, err := c.RbacV1().RoleBindings(p.cfg.Namespace).Create(ctx, objects.AgentRoleBinding(p.params, job), metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create agent role binding: %w", err)
+		if err := createOwned(ctx, c.RbacV1().RoleBindings(ns), objects.AgentRoleBinding(p.params, job), job.UID, "agent role binding"); err != nil {
+			return true, err
 		}
 	}
-	if _, err := c.CoreV1().Services(p.cfg.Namespace).Create(ctx, objects.ShadowService(p.svc, job), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create shadow service: %w", err)
+	if err := createOwned(ctx, c.CoreV1().Services(ns), objects.ShadowService(p.svc, job), job.UID, "shadow service"); err != nil {
+		return true, err
 	}
 	if _, err := jobs.Patch(ctx, name, types.MergePatchType, []byte(`{"spec":{"suspend":false}}`), metav1.PatchOptions{}); err != nil {
-		return fmt.Errorf("start agent job: %w", err)
+		return true, fmt.Errorf("start agent job: %w", err)
 	}
-	return nil
+	return true, nil
+}
+
+// ownedClient is the part of a typed client createOwned uses.
+type ownedClient[T metav1.Object] interface {
+	Create(context.Context, T, metav1.CreateOptions) (T, error)
+	Get(context.Context, string, metav1.GetOptions) (T, error)
+	Delete(context.Context, string, metav1.DeleteOptions) error
+}
+
+// createOwned creates obj, owned by the agent Job owner; one of the same name that the Job does
+// not own (a retired agent's, not collected yet) is deleted and the create tried again.
+func createOwned[T metav1.Object](ctx context.Context, c ownedClient[T], obj T, owner types.UID, what string) error {
+	for range 5 {
+		_, err := c.Create(ctx, obj, metav1.CreateOptions{})
+		if !apierrors.IsAlreadyExists(err) {
+			if err != nil {
+				return fmt.Errorf("create %s: %w", what, err)
+			}
+			return nil
+		}
+		old, err := c.Get(ctx, obj.GetName(), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("create %s: %w", what, err)
+		}
+		for _, ref := range old.GetOwnerReferences() {
+			if ref.UID == owner {
+				return nil
+			}
+		}
+		if old.GetLabels()[objects.LabelManagedBy] != objects.ManagedBy {
+			return fmt.Errorf("create %s: %s exists and was not created by kubectl-bridge; rename or delete it", what, old.GetName())
+		}
+		uid := old.GetUID()
+		if err := c.Delete(ctx, old.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return fmt.Errorf("replace the retired agent's %s: %w", what, err)
+		}
+	}
+	return fmt.Errorf("create %s: an object of the same name kept coming back", what)
 }
 
 func finished(job *batchv1.Job) bool {

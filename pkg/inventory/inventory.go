@@ -28,7 +28,8 @@ type Inventory struct {
 	Agents []batchv1.Job
 	// Shadows are the shadow Services.
 	Shadows []corev1.Service
-	// Switched are user Services that carry our original-selector annotation.
+	// Switched are user Services that carry our original-selector annotation or select the agent
+	// (also when a tool stripped the annotation).
 	Switched []corev1.Service
 }
 
@@ -59,7 +60,7 @@ func Collect(ctx context.Context, client kubernetes.Interface, namespace string)
 		switch {
 		case managed.Matches(labels.Set(s.Labels)) && s.Labels[objects.LabelComponent] == objects.ComponentShadow:
 			inv.Shadows = append(inv.Shadows, s)
-		case s.Annotations[objects.AnnotationOriginalSelector] != "":
+		case s.Annotations[objects.AnnotationOriginalSelector] != "" || s.Spec.Selector[objects.LabelAgentFor] != "":
 			inv.Switched = append(inv.Switched, s)
 		}
 	}

@@ -253,13 +253,25 @@ func ShadowService(svc *corev1.Service, job *batchv1.Job) *corev1.Service {
 	}
 }
 
-// OriginalSelector is the Service's selector before any switch: the saved annotation when the
-// Service is switched, else its current selector.
+// OriginalSelector is the Service's selector before any switch: its owner's keys (the selector
+// without the agent's key) when there are any, else the saved annotation when the Service is
+// switched. Never a selector that contains the agent's key.
 func OriginalSelector(svc *corev1.Service) map[string]string {
-	if raw, ok := svc.Annotations[AnnotationOriginalSelector]; ok {
-		if sel, err := DecodeSelector(raw); err == nil {
-			return sel
+	owner := map[string]string{}
+	for k, v := range svc.Spec.Selector {
+		if k != LabelAgentFor {
+			owner[k] = v
 		}
 	}
-	return svc.Spec.Selector
+	if len(owner) > 0 {
+		return owner
+	}
+	if raw, ok := svc.Annotations[AnnotationOriginalSelector]; ok {
+		if sel, err := DecodeSelector(raw); err == nil {
+			if _, agent := sel[LabelAgentFor]; !agent {
+				return sel
+			}
+		}
+	}
+	return nil
 }

@@ -35,6 +35,10 @@ const (
 	AnnotationOriginalSelector = "kubectl-bridge.io/original-selector"
 	// AnnotationAgent on the intercepted Service names the agent Job it was switched to.
 	AnnotationAgent = "kubectl-bridge.io/agent"
+	// AnnotationClosing on the agent Job says that a session's end (or the agent) is retiring it:
+	// a CLI that starts meanwhile must not join it but wait for it to go and start a new one.
+	// Its value names who retires it.
+	AnnotationClosing = "kubectl-bridge.io/closing"
 
 	// ComponentAgent is LabelComponent's value on the agent Job, pod and RBAC objects.
 	ComponentAgent = "agent"

@@ -97,6 +97,8 @@ type Controller struct {
 	mu        sync.Mutex
 	idleSince time.Time
 	podReady  bool
+	// job is the UID of the agent Job that owns this pod, read with the pod.
+	job types.UID
 	// attachedAt is when each session was last seen attached; firstSeen when its Lease was first
 	// seen. Both by this agent's clock: no decision compares it with the laptop's.
 	attachedAt, firstSeen map[string]time.Time
@@ -542,6 +544,11 @@ func (c *Controller) ready(ctx context.Context) bool {
 		c.log.Warn("read own pod", "pod", c.cfg.PodName, "err", err)
 		return false
 	}
+	for _, ref := range pod.OwnerReferences {
+		if ref.Kind == "Job" {
+			c.job = ref.UID
+		}
+	}
 	for _, cond := range pod.Status.Conditions {
 		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
 			c.podReady = true
@@ -570,14 +577,33 @@ func (c *Controller) liveSessions(now time.Time) map[string]bool {
 // Shutdown restores the Service's selector when the agent pod stops for any reason (deleted,
 // evicted, Job deleted or past its deadline): the original pods serve until a replacement agent
 // is Ready and switches it back for the live sessions, so a Service never points at a dead agent.
+//
+// When this agent's Job is gone or replaced, whoever ended it (cleanup.Retire, clean) restored
+// the Service already, and a new agent may have switched it for a session that started right
+// after: then the Service is not this stopping agent's to touch.
 func (c *Controller) Shutdown(ctx context.Context) error {
+	c.mu.Lock()
+	own := c.job
+	c.mu.Unlock()
+	if own != "" {
+		job, err := c.cfg.Client.BatchV1().Jobs(c.cfg.Namespace).Get(ctx, objects.AgentName(c.cfg.Service), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) || (err == nil && (job.UID != own || job.DeletionTimestamp != nil)) {
+			c.log.Info("the agent job was retired; leaving the service to whoever retired it")
+			c.shutdownEvents()
+			return nil
+		}
+	}
 	if _, err := redirect.Restore(ctx, c.cfg.Client.CoreV1(), c.cfg.Namespace, c.cfg.Service); err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
+	c.shutdownEvents()
+	return nil
+}
+
+func (c *Controller) shutdownEvents() {
 	if c.bcast != nil {
 		c.bcast.Shutdown()
 	}
-	return nil
 }
 
 // teardown restores the Service, deletes the Leases its dead sessions left (their CLIs are gone:

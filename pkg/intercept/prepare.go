@@ -138,6 +138,7 @@ func Prepare(ctx context.Context, cfg Config) (*Plan, error) {
 		return nil, err
 	}
 	p.checkSidecars(ctx)
+	p.checkGitOps()
 	return p, nil
 }
 
@@ -481,6 +482,18 @@ func (p *Plan) WorkloadEnv(ctx context.Context) ([]envfile.Var, error) {
 		return workloadenv.Resolve(ctx, p.cfg.Client, pod, workloadenv.Container(pod, p.port.TargetPort))
 	}
 	return nil, fmt.Errorf("no running pod of service %s to read the environment from (--env-file): start the workload first", p.svc.Name)
+}
+
+// checkGitOps warns when a GitOps controller manages the Service: a sync may write the selector
+// back during the intercept. The agent switches it back each time and keeps the original, but
+// every reset sends new connections to the original pods for about a second.
+func (p *Plan) checkGitOps() {
+	manager, _ := redirect.SelectorManager(p.svc)
+	if g := redirect.GitOpsOf(p.svc, manager); g != nil {
+		p.warning = append(p.warning, fmt.Sprintf(
+			"service %s is managed by %s, whose sync may reset its selector during the intercept (the agent switches it back, and new connections reach the original pods meanwhile). To exempt the selector: %s",
+			p.svc.Name, g.Tool, g.Exemption))
+	}
 }
 
 // checkSidecars warns when the original pods carry a service-mesh proxy: the mesh may encrypt or

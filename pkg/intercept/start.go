@@ -265,7 +265,7 @@ func (i *Intercept) waitEndpoints(ctx context.Context) error {
 	slices := p.cfg.Client.DiscoveryV1().EndpointSlices(p.cfg.Namespace)
 	sel := discoveryv1.LabelServiceName + "=" + p.svc.Name
 	current := map[string]*discoveryv1.EndpointSlice{}
-	_, err := watchtools.UntilWithSync(ctx, listWatch(sel, slices.List, slices.Watch), &discoveryv1.EndpointSlice{}, nil,
+	_, err := watchtools.UntilWithSync(ctx, listWatch(metav1.ListOptions{LabelSelector: sel}, slices.List, slices.Watch), &discoveryv1.EndpointSlice{}, nil,
 		func(ev watch.Event) (bool, error) {
 			sl, ok := ev.Object.(*discoveryv1.EndpointSlice)
 			if !ok {
@@ -310,18 +310,21 @@ func (i *Intercept) waitEndpoints(ctx context.Context) error {
 	return err
 }
 
-// listWatch adapts a typed client's List and Watch, restricted to a label selector, for
-// watchtools (and works with the fake clientset in unit tests, unlike a RESTClient ListWatch).
-func listWatch[L runtime.Object](selector string, list func(context.Context, metav1.ListOptions) (L, error),
+// listWatch adapts a typed client's List and Watch, restricted by sel's label and field
+// selectors, for watchtools (and works with the fake clientset in unit tests, unlike a RESTClient
+// ListWatch).
+func listWatch[L runtime.Object](sel metav1.ListOptions, list func(context.Context, metav1.ListOptions) (L, error),
 	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)) *cache.ListWatch {
+	restrict := func(o metav1.ListOptions) metav1.ListOptions {
+		o.LabelSelector, o.FieldSelector = sel.LabelSelector, sel.FieldSelector
+		return o
+	}
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.LabelSelector = selector
-			return list(ctx, o)
+			return list(ctx, restrict(o))
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.LabelSelector = selector
-			return watchFn(ctx, o)
+			return watchFn(ctx, restrict(o))
 		},
 	}
 }
@@ -374,7 +377,7 @@ func (i *Intercept) waitReady(ctx context.Context, progress io.Writer) error {
 	sel := labels.SelectorFromSet(objects.AgentSelector(p.svc.Name)).String()
 	current := map[string]corev1.Pod{}
 	last := ""
-	_, err := watchtools.UntilWithSync(wctx, listWatch(sel, podsClient.List, podsClient.Watch), &corev1.Pod{}, nil,
+	_, err := watchtools.UntilWithSync(wctx, listWatch(metav1.ListOptions{LabelSelector: sel}, podsClient.List, podsClient.Watch), &corev1.Pod{}, nil,
 		func(ev watch.Event) (bool, error) {
 			pod, ok := ev.Object.(*corev1.Pod)
 			if !ok {

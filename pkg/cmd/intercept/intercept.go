@@ -29,6 +29,7 @@ import (
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/exitcode"
 	lib "github.com/kubectl-bridge/kubectl-bridge/pkg/intercept"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/match"
+	"github.com/kubectl-bridge/kubectl-bridge/pkg/objects"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/podproxy"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/portforward"
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/session"
@@ -351,7 +352,10 @@ func (o *Options) Run(ctx context.Context) error {
 	fmt.Fprintf(o.Out, "Intercepting svc/%s port %d in namespace %s → %s (%s, %s), session %s.\n",
 		o.service, sp.Port, o.namespace, plan.LocalAddress(), o.cfg.Mode, rules, ic.SessionID())
 
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	go ic.WatchResets(watchCtx, o.printReset)
 	runErr := o.serve(ctx, ic, started)
+	stopWatch()
 
 	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -364,6 +368,22 @@ func (o *Options) Run(ctx context.Context) error {
 		runErr = errors.Join(runErr, err)
 	}
 	return runErr
+}
+
+// printReset tells the user that someone else wrote the Service's selector, and after the second
+// time how to stop it.
+func (o *Options) printReset(r lib.Reset) {
+	fmt.Fprintf(o.ErrOut, "Warning: the selector of service %s was written by %s during the intercept; the agent switches it back (the owner's selector %s is what will be restored).\n",
+		o.service, r, objects.SelectorString(r.Selector))
+	if r.Count < 2 {
+		return
+	}
+	if r.GitOps != nil {
+		fmt.Fprintf(o.ErrOut, "Warning: %s has reset it %d times: %s\n", r.GitOps.Tool, r.Count, r.GitOps.Exemption)
+		return
+	}
+	fmt.Fprintf(o.ErrOut, "Warning: %s has reset it %d times: exempt /spec/selector of service %s from what %s applies while you intercept (Argo CD: ignoreDifferences with RespectIgnoreDifferences=true; Flux: the kustomize.toolkit.fluxcd.io/reconcile=disabled annotation).\n",
+		r.Manager, r.Count, o.service, r.Manager)
 }
 
 // transportName says how the tunnel reaches the agent, for the user.

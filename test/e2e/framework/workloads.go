@@ -227,6 +227,76 @@ type Summary struct {
 	MBps    float64        `json:"mbps"`
 	// UntilPodUnixNano: see the echo client's --until-pod.
 	UntilPodUnixNano int64 `json:"untilPodUnixNano"`
+	// LongestOutageMs: see the echo client's --duration.
+	LongestOutageMs float64 `json:"longestOutageMs"`
+	// Outages, StartedFailing, EndedFailing: see the echo client's Summary.
+	Outages        [][2]int64 `json:"outages"`
+	StartedFailing bool       `json:"startedFailing"`
+	EndedFailing   bool       `json:"endedFailing"`
+}
+
+// Load sends new-connection requests to url from the client pod until Stop, in pieces of a few
+// seconds (an exec must end to report), and joins what the pieces saw.
+type Load struct {
+	stop   chan struct{}
+	done   chan struct{}
+	OK     int
+	Failed int
+	// Outages are the stretches in which every request failed, joined across pieces.
+	Outages [][2]int64
+	Errors  []string
+	err     error
+}
+
+// StartLoad starts a Load; args are extra echo client flags.
+func (c *Client) StartLoad(url string, args ...string) *Load {
+	l := &Load{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		endedFailing := false
+		for {
+			select {
+			case <-l.stop:
+				return
+			default:
+			}
+			s, err := c.TryGet(context.Background(), url, append([]string{"--new-conn", "--duration", "5s"}, args...)...)
+			if err != nil {
+				l.err = err
+				return
+			}
+			l.OK += s.OK
+			l.Failed += s.Failed
+			if len(l.Errors) < 20 {
+				l.Errors = append(l.Errors, s.Errors...)
+			}
+			for k, o := range s.Outages {
+				if k == 0 && s.StartedFailing && endedFailing && len(l.Outages) > 0 {
+					l.Outages[len(l.Outages)-1][1] = o[1] // one outage across two pieces
+					continue
+				}
+				l.Outages = append(l.Outages, o)
+			}
+			endedFailing = s.EndedFailing
+		}
+	}()
+	return l
+}
+
+// Stop ends the load after its current piece and returns its error, if any.
+func (l *Load) Stop() error {
+	close(l.stop)
+	<-l.done
+	return l.err
+}
+
+// Longest is the longest outage.
+func (l *Load) Longest() time.Duration {
+	var d time.Duration
+	for _, o := range l.Outages {
+		d = max(d, time.Duration(o[1]-o[0]))
+	}
+	return d
 }
 
 // EchoReply is the echo server's answer to one request.

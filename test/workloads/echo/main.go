@@ -228,6 +228,15 @@ type Summary struct {
 	// UntilPodUnixNano is when the --until-pod answer was sent (the request's start; this
 	// client's clock, which on one node is the test's clock too).
 	UntilPodUnixNano int64 `json:"untilPodUnixNano,omitempty"`
+	// LongestOutageMs is the longest stretch during which every request failed: from the start
+	// of the first failed request of a run to the start of the next successful one (or the end).
+	LongestOutageMs float64 `json:"longestOutageMs"`
+	// Outages are those stretches as [start, end] Unix nanoseconds (at most 100), so that a test
+	// running the client in pieces can join an outage that spans two of them; StartedFailing and
+	// EndedFailing say whether the first and last request failed.
+	Outages        [][2]int64 `json:"outages,omitempty"`
+	StartedFailing bool       `json:"startedFailing,omitempty"`
+	EndedFailing   bool       `json:"endedFailing,omitempty"`
 }
 
 type headerFlags []string
@@ -247,6 +256,7 @@ func get(args []string) error {
 	ws := fs.Bool("ws", false, "open a WebSocket to the URL (ws://…), send one message per request and read the echo")
 	method := fs.String("X", http.MethodGet, "request method")
 	upload := fs.Int64("upload", 0, "send a request body of this many bytes (POST unless -X says otherwise) and count them as the bytes moved")
+	duration := fs.Duration("duration", 0, "send requests for this long instead of --count times")
 	untilPod := fs.String("until-pod", "", "stop at the first answer from this pod, reporting when its request was sent (measures when a switch takes effect)")
 	var headers, alt headerFlags
 	fs.Var(&headers, "H", "request header Name=Value (repeatable)")
@@ -271,7 +281,20 @@ func get(args []string) error {
 	sum := Summary{Pods: map[string]int{}}
 	var lat []time.Duration
 	start := time.Now()
-	for i := 0; i < *count; i++ {
+	var failingSince time.Time
+	outage := func(until time.Time) {
+		if !failingSince.IsZero() {
+			sum.LongestOutageMs = max(sum.LongestOutageMs, float64(until.Sub(failingSince).Microseconds())/1000)
+			if len(sum.Outages) < 100 {
+				sum.Outages = append(sum.Outages, [2]int64{failingSince.UnixNano(), until.UnixNano()})
+			}
+			failingSince = time.Time{}
+		}
+	}
+	for i := 0; *duration > 0 || i < *count; i++ {
+		if *duration > 0 && time.Since(start) >= *duration {
+			break
+		}
 		if i > 0 && *interval > 0 {
 			time.Sleep(*interval)
 		}
@@ -288,12 +311,17 @@ func get(args []string) error {
 		sum.Bytes += n
 		if err != nil {
 			sum.Failed++
+			if failingSince.IsZero() {
+				failingSince = t0
+			}
+			sum.StartedFailing = sum.StartedFailing || i == 0
 			if len(sum.Errors) < 10 {
 				// When, on the node's clock, so that a test can tell which of its phases failed.
 				sum.Errors = append(sum.Errors, t0.UTC().Format("15:04:05.000")+" "+err.Error())
 			}
 			continue
 		}
+		outage(t0)
 		lat = append(lat, time.Since(t0))
 		sum.Bytes += *upload // sent whole: the server answered
 		sum.OK++
@@ -304,6 +332,8 @@ func get(args []string) error {
 			break
 		}
 	}
+	sum.EndedFailing = !failingSince.IsZero()
+	outage(time.Now())
 	elapsed := time.Since(start)
 	sum.Elapsed = elapsed.String()
 	if len(lat) > 0 {

@@ -345,7 +345,7 @@ func (c *Controller) check(ctx context.Context, srv Evicter) (Outcome, bool) {
 	svc, err := c.services.Services(c.cfg.Namespace).Get(c.cfg.Service)
 	if apierrors.IsNotFound(err) {
 		c.log.Info("intercepted service deleted, removing the agent")
-		if err := c.teardown(ctx, ""); err != nil {
+		if err := c.teardown(ctx); err != nil {
 			c.log.Warn("remove the agent", "err", err)
 			return "", false
 		}
@@ -368,6 +368,11 @@ func (c *Controller) check(ctx context.Context, srv Evicter) (Outcome, bool) {
 			return "", false
 		}
 		c.log.Info("no live session for the grace period, restoring the service", "grace", c.cfg.IdleGrace)
+		// The dead sessions' Leases first (their CLIs are gone: nobody else would delete them):
+		// once the Job is deleted, this pod is stopped within moments.
+		if err := c.deleteDeadLeases(ctx, now); err != nil {
+			c.log.Warn("delete dead sessions' leases", "err", err)
+		}
 		r, err := cleanup.Retire(ctx, c.cfg.Client, inventory.ServiceKey{Namespace: c.cfg.Namespace, Name: c.cfg.Service},
 			cleanup.RetireOptions{By: "agent " + c.cfg.PodName, Now: c.cfg.Clock.Now})
 		switch {
@@ -382,8 +387,14 @@ func (c *Controller) check(ctx context.Context, srv Evicter) (Outcome, bool) {
 			c.mu.Unlock()
 			return "", false
 		}
-		if err := c.teardown(ctx, r.Job); err != nil {
-			c.log.Warn("remove what the agent left", "err", err)
+		// The shadow Service is owned by the Job, so garbage collection removes it too; deleting
+		// it here only makes that immediate. This pod is being stopped: not on ctx.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		shadow := cleanup.Action{Verb: cleanup.VerbDelete, Kind: cleanup.KindService, Namespace: c.cfg.Namespace,
+			Name: objects.ShadowName(c.cfg.Service), Service: c.cfg.Service, Owner: r.Job}
+		if err := cleanup.Execute(dctx, c.cfg.Client, []cleanup.Action{shadow}, false, io.Discard); err != nil {
+			c.log.Warn("delete the shadow service", "err", err)
 		}
 		return OutcomeIdle, true
 	}
@@ -606,35 +617,33 @@ func (c *Controller) shutdownEvents() {
 	}
 }
 
-// teardown restores the Service, deletes the Leases its dead sessions left (their CLIs are gone:
-// nobody else would), the shadow Service and the agent Job; garbage collection removes the agent's
-// RBAC and pod, which the agent may not delete itself. Nothing is deleted unless the restore
-// succeeded (cleanup.Execute), and on the idle path Retire has restored and deleted the Job
-// already.
-//
-// retired is the UID of the Job Retire deleted: then only the shadow Service that Job owns is
-// deleted besides the Leases (a session starting right after may have created new objects of
-// the same names).
-func (c *Controller) teardown(ctx context.Context, retired types.UID) error {
+// teardown, when the intercepted Service was deleted, deletes the Leases its dead sessions left,
+// the shadow Service and the agent Job; garbage collection removes the agent's RBAC and pod, which
+// the agent may not delete itself.
+func (c *Controller) teardown(ctx context.Context) error {
+	if err := c.deleteDeadLeases(ctx, c.cfg.Clock.Now()); err != nil {
+		return err
+	}
 	var acts []cleanup.Action
-	now := c.cfg.Clock.Now()
+	for _, a := range cleanup.ServiceTeardown(inventory.ServiceKey{Namespace: c.cfg.Namespace, Name: c.cfg.Service}, nil) {
+		if a.Kind == cleanup.KindService || a.Kind == cleanup.KindJob {
+			acts = append(acts, a)
+		}
+	}
+	if err := cleanup.Execute(ctx, c.cfg.Client, acts, false, io.Discard); err != nil {
+		return fmt.Errorf("remove the agent of service %s/%s: %w", c.cfg.Namespace, c.cfg.Service, err)
+	}
+	return nil
+}
+
+// deleteDeadLeases deletes the expired Leases of the Service's sessions.
+func (c *Controller) deleteDeadLeases(ctx context.Context, now time.Time) error {
+	var acts []cleanup.Action
 	leases, _ := c.leases.Leases(c.cfg.Namespace).List(labels.Everything())
 	for _, l := range leases {
 		if info := session.FromLease(l); info.Expired(now) {
 			acts = append(acts, cleanup.SessionDelete(info))
 		}
 	}
-	for _, a := range cleanup.ServiceTeardown(inventory.ServiceKey{Namespace: c.cfg.Namespace, Name: c.cfg.Service}, nil) {
-		switch {
-		case retired != "" && a.Kind == cleanup.KindService && a.Verb == cleanup.VerbDelete:
-			a.Owner = retired
-			acts = append(acts, a)
-		case retired == "" && (a.Kind == cleanup.KindService || a.Kind == cleanup.KindJob):
-			acts = append(acts, a)
-		}
-	}
-	if err := cleanup.Execute(ctx, c.cfg.Client, acts, false, io.Discard); err != nil {
-		return fmt.Errorf("put service %s/%s back: %w", c.cfg.Namespace, c.cfg.Service, err)
-	}
-	return nil
+	return cleanup.Execute(ctx, c.cfg.Client, acts, false, io.Discard)
 }

@@ -185,14 +185,15 @@ func AgentServiceAccount(p AgentParams, job *batchv1.Job) *corev1.ServiceAccount
 }
 
 // AgentRules are exactly the permissions the agent needs: follow and re-switch its Service, see its
-// own pod's readiness, manage its shadow Service, read session Leases, write their admission status
+// own pod's readiness and its Job, manage its shadow Service, read session Leases, write their admission status
 // and delete those of dead sessions, record Events, and delete its own Job when the last session is
 // gone. `doctor --print-rbac` prints the same rules.
 func AgentRules(service string) []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"get", "list", "watch"}},
+		// The Service, and the shadow's selector when the owner changes the Service's (adopted).
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"patch", "update"},
-			ResourceNames: []string{service}},
+			ResourceNames: []string{service, ShadowName(service)}},
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"delete"},
 			ResourceNames: []string{ShadowName(service)}},
 		// Its own pod, to switch the Service only once the kubelet reports the agent Ready.
@@ -200,7 +201,9 @@ func AgentRules(service string) []rbacv1.PolicyRule {
 		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "update", "patch", "delete"}},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
-		{APIGroups: []string{"batch"}, Resources: []string{"jobs"}, Verbs: []string{"get", "delete"},
+		// Its own Job: read to know whether it was retired, marked closing and deleted when
+		// it retires itself (cleanup.Retire).
+		{APIGroups: []string{"batch"}, Resources: []string{"jobs"}, Verbs: []string{"get", "patch", "delete"},
 			ResourceNames: []string{AgentName(service)}},
 	}
 }

@@ -185,21 +185,28 @@ func TestInterceptSurvivesApplies(t *testing.T) {
 	})
 }
 
-// waitClusterAnswers waits until a new connection to the Service is answered by an original pod
-// and returns how long that took from start.
-func waitClusterAnswers(t *testing.T, client *framework.Client, echo *framework.Echo, start time.Time, timeout time.Duration) time.Duration {
+// waitGivenBack waits until the Service selects its original pods again (read from the API
+// server every 50 ms) and a new connection is answered by one of them, and returns how long the
+// selector took from start.
+func waitGivenBack(t *testing.T, client *framework.Client, echo *framework.Echo, want map[string]string, start time.Time, timeout time.Duration) time.Duration {
 	t.Helper()
-	err := framework.Poll(context.Background(), timeout, func(context.Context) (bool, error) {
-		s := client.Get(t, echo.URL("/back"), "--new-conn", "--timeout", "1s")
-		return s.OK == 1 && fromCluster(s) == 1, nil
+	var took time.Duration
+	err := framework.PollEvery(context.Background(), 50*time.Millisecond, timeout, func(ctx context.Context) (bool, error) {
+		svc, err := fw.Client.CoreV1().Services(echo.Namespace).Get(ctx, echo.Name, metav1.GetOptions{})
+		if err != nil || !maps.Equal(svc.Spec.Selector, want) {
+			return false, err
+		}
+		took = time.Since(start)
+		return true, nil
 	})
 	if err != nil {
-		t.Fatalf("the original pods did not answer within %s of the CLI's death (selector %v)", timeout, snapshot(t, ns(echo), "echo").Selector)
+		t.Fatalf("the Service did not select its original pods within %s of the CLI's death (selector %v)", timeout, snapshot(t, echo.Namespace, echo.Name).Selector)
 	}
-	return time.Since(start)
+	if s := client.Get(t, echo.URL("/back"), "--count", "5", "--new-conn"); s.OK != 5 || fromCluster(s) != 5 {
+		t.Fatalf("after the Service was given back: %d ok, %d from the original pods (%v %v)", s.OK, fromCluster(s), s.Pods, s.Errors)
+	}
+	return took
 }
-
-func ns(e *framework.Echo) string { return e.Namespace }
 
 // TestInterceptCLIKilled: a laptop that crashes gives the Service back within seconds, with
 // default flags, even when a tool has stripped or mangled the saved original selector.
@@ -214,11 +221,8 @@ func TestInterceptCLIKilled(t *testing.T) {
 		waitLaptop(t, client, echo)
 		start := time.Now()
 		p.Signal(syscall.SIGKILL)
-		took := waitClusterAnswers(t, client, echo, start, 15*time.Second)
-		t.Logf("CLI killed: original pods answering %s after the kill (default flags)", took.Round(10*time.Millisecond))
-		if sel := snapshot(t, ns, "echo").Selector; !maps.Equal(sel, before.Selector) {
-			t.Fatalf("selector %v, want %v", sel, before.Selector)
-		}
+		took := waitGivenBack(t, client, echo, before.Selector, start, 15*time.Second)
+		t.Logf("CLI killed: the Service selected its original pods again %s after the kill (default flags)", took.Round(10*time.Millisecond))
 	})
 
 	for name, patch := range map[string]string{
@@ -239,8 +243,8 @@ func TestInterceptCLIKilled(t *testing.T) {
 			}
 			start := time.Now()
 			p.Signal(syscall.SIGKILL)
-			took := waitClusterAnswers(t, client, echo, start, 15*time.Second)
-			t.Logf("%s, CLI killed: original pods answering %s after the kill", name, took.Round(10*time.Millisecond))
+			took := waitGivenBack(t, client, echo, before.Selector, start, 15*time.Second)
+			t.Logf("%s, CLI killed: the Service selected its original pods again %s after the kill", name, took.Round(10*time.Millisecond))
 			// Then the Lease expires and the agent removes itself: nothing of ours is left and
 			// the Service is exactly as before.
 			waitRestored(t, ns, "echo", before, 90*time.Second)

@@ -13,3 +13,8 @@ import (
 func Poll(ctx context.Context, timeout time.Duration, cond func(context.Context) (bool, error)) error {
 	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, cond)
 }
+
+// PollEvery is Poll at another interval, for measuring when a change happens.
+func PollEvery(ctx context.Context, interval, timeout time.Duration, cond func(context.Context) (bool, error)) error {
+	return wait.PollUntilContextTimeout(ctx, interval, timeout, true, cond)
+}

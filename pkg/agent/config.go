@@ -199,6 +199,10 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// ShutdownGrace is how long in-flight connections may finish after shutdown starts.
 	ShutdownGrace time.Duration
+	// UpstreamReady, if set, is asked by /readyz until it first succeeds: an agent whose upstream
+	// (the shadow Service) is not routable yet would reset the connections a switched Service
+	// sends it, so it must not be Ready before.
+	UpstreamReady func(ctx context.Context) error
 	// ShutdownDrain is how long a stopping agent keeps serving new connections, not ready, before
 	// it closes its listeners (0: none; the command's default is DefaultShutdownDrain).
 	ShutdownDrain time.Duration

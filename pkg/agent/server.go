@@ -39,6 +39,8 @@ type Server struct {
 	// dataActive counts open data connections (not tunnels), for releasing memory when idle.
 	dataActive atomic.Int64
 	ready      atomic.Bool
+	// upstreamReady latches the first success of Config.UpstreamReady.
+	upstreamReady atomic.Bool
 
 	// ctx is cancelled when shutdown ends; sessions and per-connection work derive from it.
 	ctx    context.Context
@@ -296,10 +298,17 @@ func (s *Server) healthHandler() http.Handler {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
+		}
+		if check := s.cfg.UpstreamReady; check != nil && !s.upstreamReady.Load() {
+			if err := check(r.Context()); err != nil {
+				http.Error(w, "upstream not reachable yet: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			s.upstreamReady.Store(true)
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"time"
 
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubectl-bridge/kubectl-bridge/pkg/inventory"
@@ -96,6 +99,10 @@ func Retire(ctx context.Context, client kubernetes.Interface, key inventory.Serv
 			unmark(ctx, client, key.Namespace, name)
 			return Retired{}, err
 		}
+		// The agent goes only once the Service's endpoints have left it: until then kube-proxy
+		// still sends it new connections, and a deleted agent's upstream (the shadow Service,
+		// collected with the Job) is gone.
+		waitEndpointsLeaveAgent(ctx, client, key, endpointsTimeout)
 		uid, rv := marked.UID, marked.ResourceVersion
 		background := metav1.DeletePropagationBackground
 		err = jobs.Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &background,
@@ -116,6 +123,42 @@ func Retire(ctx context.Context, client kubernetes.Interface, key inventory.Serv
 		}
 	}
 	return Retired{}, fmt.Errorf("retire the agent of service %s: the agent job kept changing; try again", key)
+}
+
+// endpointsTimeout bounds the wait for the restored Service's endpoints: past it the agent goes
+// anyway (its drain covers what is left).
+const endpointsTimeout = 5 * time.Second
+
+// waitEndpointsLeaveAgent waits until no EndpointSlice of the Service lists an agent pod.
+func waitEndpointsLeaveAgent(ctx context.Context, client kubernetes.Interface, key inventory.ServiceKey, timeout time.Duration) {
+	agentSel := labels.SelectorFromSet(objects.AgentSelector(key.Name)).String()
+	_ = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		pods, err := client.CoreV1().Pods(key.Namespace).List(ctx, metav1.ListOptions{LabelSelector: agentSel})
+		if err != nil {
+			return true, nil
+		}
+		agentIPs := map[string]bool{}
+		for _, p := range pods.Items {
+			if p.Status.PodIP != "" {
+				agentIPs[p.Status.PodIP] = true
+			}
+		}
+		slices, err := client.DiscoveryV1().EndpointSlices(key.Namespace).List(ctx, metav1.ListOptions{
+			LabelSelector: discoveryv1.LabelServiceName + "=" + key.Name})
+		if err != nil {
+			return true, nil
+		}
+		for _, sl := range slices.Items {
+			for _, ep := range sl.Endpoints {
+				for _, a := range ep.Addresses {
+					if agentIPs[a] {
+						return false, nil
+					}
+				}
+			}
+		}
+		return true, nil
+	})
 }
 
 func restoreOnly(ctx context.Context, client kubernetes.Interface, key inventory.ServiceKey) (Retired, error) {

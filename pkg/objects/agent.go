@@ -196,8 +196,9 @@ func AgentRules(service string) []rbacv1.PolicyRule {
 			ResourceNames: []string{service, ShadowName(service)}},
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"delete"},
 			ResourceNames: []string{ShadowName(service)}},
-		// Its own pod, to switch the Service only once the kubelet reports the agent Ready.
-		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
+		// Its own pod, to switch the Service only once the kubelet reports the agent Ready; the
+		// agent's pods, to retire only once the Service's endpoints have left them.
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
 		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "update", "patch", "delete"}},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -88,6 +89,7 @@ func RunInCluster(ctx context.Context, cfg agent.Config, o *options.Options) err
 	cfg.OnSessionEvent = ctl.OnSessionEvent
 	up := newUpstreams(client, o.Namespace, cfg.Ports, cfg.DialUpstream, log)
 	cfg.DialUpstream = up.dial
+	cfg.UpstreamReady = up.routable
 	srv, err := agent.New(cfg)
 	if err != nil {
 		return err
@@ -187,6 +189,30 @@ func (u *upstreams) resolve(ctx context.Context) {
 			u.resolved[hp] = net.JoinHostPort(ip, port)
 		}
 	}
+}
+
+// routable reports whether every upstream's address is routed by the node: a connection is
+// accepted, or refused (kube-proxy rejects connections to a Service without ready endpoints). A
+// Service that kube-proxy has not programmed yet swallows the SYN, and the dial times out.
+func (u *upstreams) routable(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	seen := map[string]bool{}
+	for _, hp := range u.names {
+		if seen[hp] {
+			continue
+		}
+		seen[hp] = true
+		conn, err := u.dial(ctx, "tcp", hp)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("upstream %s: %w", hp, err)
+		}
+		_ = conn.Close()
+	}
+	return nil
 }
 
 func (u *upstreams) dial(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -406,7 +406,10 @@ func (c *Controller) check(ctx context.Context, srv Evicter) (Outcome, bool) {
 		c.giveBack(ctx, svc, "no session's tunnel is connected")
 		return "", false
 	}
-	if !redirect.Switched(svc) && c.ready(ctx) {
+	// Only a session attached to this agent makes it switch the Service: one that has not reached
+	// it yet may be starting against a new agent while this one is being retired. Sessions in
+	// their grace only keep an existing switch (above).
+	if !redirect.Switched(svc) && len(attached) > 0 && c.ready(ctx) && c.current(ctx) {
 		res, err := redirect.Switch(ctx, c.cfg.Client.CoreV1(), c.cfg.Namespace, c.cfg.Service)
 		if err != nil {
 			c.log.Warn("re-apply selector switch", "err", err)
@@ -566,6 +569,20 @@ func (c *Controller) ready(ctx context.Context) bool {
 		}
 	}
 	return c.podReady
+}
+
+// current reports whether this agent's Job is the Service's agent and is not being retired: a
+// retired agent must never switch the Service to itself (it is about to stop).
+func (c *Controller) current(ctx context.Context) bool {
+	c.mu.Lock()
+	own := c.job
+	c.mu.Unlock()
+	job, err := c.cfg.Client.BatchV1().Jobs(c.cfg.Namespace).Get(ctx, objects.AgentName(c.cfg.Service), metav1.GetOptions{})
+	if err != nil {
+		c.log.Warn("read own job", "err", err)
+		return false
+	}
+	return (own == "" || job.UID == own) && job.DeletionTimestamp == nil && job.Annotations[objects.AnnotationClosing] == ""
 }
 
 // liveSessions are the unexpired, not rejected session Leases of the Service.

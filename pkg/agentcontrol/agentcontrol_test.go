@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -126,7 +127,7 @@ func TestLookupWaitsForTheCache(t *testing.T) {
 
 func TestSwitchesWhileLiveAndHealsAReset(t *testing.T) {
 	ctl, c, _ := setup(t, lease(t, "live0001", t0))
-	srv := &fakeServer{}
+	srv := &fakeServer{sessions: []agent.SessionSpec{{ID: "live0001"}}}
 	ctx := context.Background()
 	if _, done := ctl.check(ctx, srv); done {
 		t.Fatal("check ended the agent")
@@ -236,24 +237,51 @@ func TestGivesTheServiceBackWhenTheTunnelIsGone(t *testing.T) {
 	}
 }
 
-// TestStartGrace: a session that has not attached yet (its CLI is switching the Service and
-// dialing) keeps the switch for the start grace, from when this agent first saw its Lease.
+// TestStartGrace: a session that has not attached yet (its CLI has switched the Service and is
+// dialing) keeps the switch for the start grace, from when this agent first saw its Lease, but
+// never makes this agent switch: it may be starting against a new agent while this one retires.
 func TestStartGrace(t *testing.T) {
 	ctl, c, clk := setup(t, lease(t, "live0001", t0))
 	srv := &fakeServer{}
 	ctx := context.Background()
 	ctl.check(ctx, srv)
-	if !redirect.Switched(getService(t, c)) {
-		t.Fatal("a new session's Lease: service not switched")
+	if redirect.PointsAtAgent(getService(t, c)) {
+		t.Fatal("a session that never attached made the agent switch the Service")
+	}
+	// Its CLI switches the Service itself.
+	if _, err := redirect.Switch(ctx, c.CoreV1(), "dev", "api"); err != nil {
+		t.Fatal(err)
 	}
 	waitCache(t, func() bool { s, _ := ctl.services.Services("dev").Get("api"); return redirect.Switched(s) })
-	// Its CLI renews the Lease but never attaches.
-	clk.Step(DefaultStartGrace)
+	clk.Step(DefaultStartGrace / 2)
+	renew(t, c, "live0001", clk.Now())
+	waitCache(t, func() bool { return len(ctl.liveSessions(clk.Now())) == 1 })
+	ctl.check(ctx, srv)
+	if !redirect.Switched(getService(t, c)) {
+		t.Fatal("given back within the start grace")
+	}
+	// It renews the Lease but never attaches.
+	clk.Step(DefaultStartGrace / 2)
 	renew(t, c, "live0001", clk.Now())
 	waitCache(t, func() bool { return len(ctl.liveSessions(clk.Now())) == 1 })
 	ctl.check(ctx, srv)
 	if redirect.PointsAtAgent(getService(t, c)) {
 		t.Fatal("a session that never attached kept the Service past the start grace")
+	}
+}
+
+// TestRetiredAgentNeverSwitches: an agent whose Job is being retired does not switch the Service
+// back for a session attached to it.
+func TestRetiredAgentNeverSwitches(t *testing.T) {
+	ctl, c, _ := setup(t, lease(t, "live0001", t0))
+	ctx := context.Background()
+	patch := []byte(`{"metadata":{"annotations":{"` + objects.AnnotationClosing + `":"me@laptop"}}}`)
+	if _, err := c.BatchV1().Jobs("dev").Patch(ctx, objects.AgentName("api"), types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ctl.check(ctx, &fakeServer{sessions: []agent.SessionSpec{{ID: "live0001"}}})
+	if redirect.PointsAtAgent(getService(t, c)) {
+		t.Fatal("an agent being retired switched the Service to itself")
 	}
 }
 

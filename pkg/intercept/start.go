@@ -7,6 +7,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
@@ -37,6 +38,8 @@ type Intercept struct {
 	token   string
 	holder  string
 	created bool
+	mu      sync.Mutex
+	job     types.UID // the agent Job's UID (setJob)
 	// AgentReady is how long the agent took to become Ready (0 when it already ran).
 	AgentReady time.Duration
 }
@@ -132,6 +135,7 @@ func (i *Intercept) ensureAgent(ctx context.Context, progress io.Writer) error {
 		switch {
 		case cleanup.Joinable(existing.Annotations, deleting, finished(existing)):
 			fmt.Fprintf(progress, "Joining the agent already serving service %s.\n", p.svc.Name)
+			i.setJob(existing.UID)
 			return nil
 		case !closing && !deleting:
 			// A finished agent (deadline reached): put its Service back and replace it.
@@ -179,6 +183,7 @@ func (i *Intercept) createAgent(ctx context.Context, progress io.Writer) (bool, 
 		return false, fmt.Errorf("create agent job: %w", err)
 	}
 	i.created = true
+	i.setJob(job.UID)
 	c := p.cfg.Client
 	ns := p.cfg.Namespace
 	// Objects of a retired agent may still be there, waiting for garbage collection: they are
@@ -329,19 +334,44 @@ func listWatch[L runtime.Object](sel metav1.ListOptions, list func(context.Conte
 	}
 }
 
-// agentPods lists the agent's pods.
+// setJob records the agent Job this session uses: only its pods count, never those of a retired
+// agent that are still stopping (they carry the same agent label).
+func (i *Intercept) setJob(uid types.UID) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.job = uid
+}
+
+// agentSelector selects the pods of the session's agent Job.
+func (i *Intercept) agentSelector() string {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	set := labels.Set(objects.AgentSelector(i.plan.svc.Name))
+	if i.job != "" {
+		set[batchv1.ControllerUidLabel] = string(i.job)
+	}
+	return labels.SelectorFromSet(set).String()
+}
+
+// agentPods lists the pods of the session's agent Job.
 func (i *Intercept) agentPods(ctx context.Context) ([]corev1.Pod, error) {
 	p := i.plan
-	list, err := p.cfg.Client.CoreV1().Pods(p.cfg.Namespace).List(ctx, metav1.ListOptions{
-		LabelSelector: labels.SelectorFromSet(objects.AgentSelector(p.svc.Name)).String()})
+	list, err := p.cfg.Client.CoreV1().Pods(p.cfg.Namespace).List(ctx, metav1.ListOptions{LabelSelector: i.agentSelector()})
 	if err != nil {
 		return nil, fmt.Errorf("list agent pods: %w", err)
 	}
 	return list.Items, nil
 }
 
-// readyPod returns a Ready, not terminating agent pod.
+// readyPod returns a Ready, not terminating pod of the Service's current agent Job (re-read, so
+// that a session follows an agent another session started after this one's ended).
 func (i *Intercept) readyPod(ctx context.Context) (*corev1.Pod, error) {
+	p := i.plan
+	job, err := p.cfg.Client.BatchV1().Jobs(p.cfg.Namespace).Get(ctx, objects.AgentName(p.svc.Name), metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("no agent is running for service %s: %w", p.svc.Name, err)
+	}
+	i.setJob(job.UID)
 	pods, err := i.agentPods(ctx)
 	if err != nil {
 		return nil, err
@@ -374,7 +404,7 @@ func (i *Intercept) waitReady(ctx context.Context, progress io.Writer) error {
 	wctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
 	podsClient := p.cfg.Client.CoreV1().Pods(p.cfg.Namespace)
-	sel := labels.SelectorFromSet(objects.AgentSelector(p.svc.Name)).String()
+	sel := i.agentSelector()
 	current := map[string]corev1.Pod{}
 	last := ""
 	_, err := watchtools.UntilWithSync(wctx, listWatch(metav1.ListOptions{LabelSelector: sel}, podsClient.List, podsClient.Watch), &corev1.Pod{}, nil,

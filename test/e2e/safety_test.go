@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -285,7 +287,7 @@ func TestInterceptCleanWithCorruptAnnotation(t *testing.T) {
 // join an agent that is going away, and an ending one never remove an agent another has joined:
 // the Service may be served by the original pods or the agent, but never point at nothing.
 func TestInterceptStartStopRace(t *testing.T) {
-	const rounds = 50
+	const rounds = 6
 	ns := fw.Namespace(t, nil)
 	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{Replicas: 2})
 	client := fw.ClientPod(t, ns)
@@ -296,6 +298,9 @@ func TestInterceptStartStopRace(t *testing.T) {
 	}
 	load := client.StartLoad(echo.URL("/race"), "--timeout", "1s", "--interval", "20ms")
 
+	t0 := time.Now()
+	at := func() string { return fmt.Sprintf("%.2fs", time.Since(t0).Seconds()) }
+	var timeline []string
 	cur := start(0)
 	cur.WaitOutput("Tunnel connected", 90*time.Second)
 	seed := uint64(time.Now().UnixNano())
@@ -309,14 +314,18 @@ func TestInterceptStartStopRace(t *testing.T) {
 		if offset < 0 {
 			next = start(i)
 			time.Sleep(-offset)
+			timeline = append(timeline, fmt.Sprintf("%s round %d: end (started %s before)", at(), i, -offset))
 			cur.Signal(syscall.SIGINT)
 		} else {
 			cur.Signal(syscall.SIGINT)
+			timeline = append(timeline, fmt.Sprintf("%s round %d: end", at(), i))
 			time.Sleep(offset)
 			next = start(i)
+			timeline = append(timeline, fmt.Sprintf("%s round %d: start", at(), i))
 		}
 		ending = append(ending, cur)
 		next.WaitOutput("Tunnel connected", 90*time.Second)
+		timeline = append(timeline, fmt.Sprintf("%s round %d: connected", at(), i))
 		if out, errOut := next.Output(); strings.Contains(out+errOut, "Joining the agent") {
 			joined++
 		} else {
@@ -339,6 +348,16 @@ func TestInterceptStartStopRace(t *testing.T) {
 	}
 	t.Logf("%d rounds: %d joined the running agent, %d started a new one; load: %d ok, %d failed, longest outage %s (%d outages)",
 		rounds, joined, replaced, load.OK, load.Failed, load.Longest().Round(time.Millisecond), len(load.Outages))
+	for _, o := range load.Outages {
+		timeline = append(timeline, fmt.Sprintf("%.2fs outage of %s", time.Unix(0, o[0]).Sub(t0).Seconds(), time.Duration(o[1]-o[0]).Round(time.Millisecond)))
+	}
+	slices.SortFunc(timeline, func(a, b string) int {
+		var x, y float64
+		fmt.Sscanf(a, "%fs", &x)
+		fmt.Sscanf(b, "%fs", &y)
+		return cmp.Compare(x, y)
+	})
+	t.Logf("timeline:\n%s", strings.Join(timeline, "\n"))
 	if load.Longest() > 2*time.Second {
 		t.Errorf("the Service answered no new connection for %s (longest outage; want ≤ 2s); errors: %v", load.Longest(), load.Errors)
 	}

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -150,6 +152,8 @@ type upstreams struct {
 	log       *slog.Logger
 	done      chan struct{}
 	resolved  map[string]string
+	// selectors are the upstream Services' selectors, by Service name.
+	selectors map[string]map[string]string
 }
 
 func newUpstreams(client kubernetes.Interface, namespace string, ports []agent.DataPort,
@@ -157,7 +161,8 @@ func newUpstreams(client kubernetes.Interface, namespace string, ports []agent.D
 	if next == nil {
 		next = (&net.Dialer{Timeout: agent.DefaultDialTimeout}).DialContext
 	}
-	u := &upstreams{client: client, namespace: namespace, next: next, log: log, done: make(chan struct{}), resolved: map[string]string{}}
+	u := &upstreams{client: client, namespace: namespace, next: next, log: log, done: make(chan struct{}),
+		resolved: map[string]string{}, selectors: map[string]map[string]string{}}
 	for _, p := range ports {
 		host, _, err := net.SplitHostPort(p.Upstream)
 		// Only a bare name is a Service of this namespace; IPs and DNS names are dialed as given.
@@ -184,6 +189,7 @@ func (u *upstreams) resolve(ctx context.Context) {
 				ip = ""
 			}
 			ips[host] = ip
+			u.selectors[host] = svc.Spec.Selector
 		}
 		if ip != "" {
 			u.resolved[hp] = net.JoinHostPort(ip, port)
@@ -191,9 +197,12 @@ func (u *upstreams) resolve(ctx context.Context) {
 	}
 }
 
-// routable reports whether every upstream's address is routed by the node: a connection is
-// accepted, or refused (kube-proxy rejects connections to a Service without ready endpoints). A
-// Service that kube-proxy has not programmed yet swallows the SYN, and the dial times out.
+// routable reports whether every upstream (a shadow Service) can take connections: one is
+// accepted. A Service whose pods are all down is routable when the node refuses the connection
+// (kube-proxy rejects connections to a Service without endpoints); while any of its pods is
+// Ready, a refusal means kube-proxy has not caught up with the new Service's endpoints yet, and a
+// timeout that it has not programmed the Service at all. Until then the agent is not Ready, so a
+// switched Service never sends it connections it would have to reset.
 func (u *upstreams) routable(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
@@ -204,15 +213,38 @@ func (u *upstreams) routable(ctx context.Context) error {
 		}
 		seen[hp] = true
 		conn, err := u.dial(ctx, "tcp", hp)
-		if errors.Is(err, syscall.ECONNREFUSED) {
+		if err == nil {
+			_ = conn.Close()
 			continue
 		}
-		if err != nil {
-			return fmt.Errorf("upstream %s: %w", hp, err)
+		host, _, _ := net.SplitHostPort(hp)
+		if errors.Is(err, syscall.ECONNREFUSED) && !u.anyPodReady(ctx, host) {
+			continue
 		}
-		_ = conn.Close()
+		return fmt.Errorf("upstream %s: %w", hp, err)
 	}
 	return nil
+}
+
+// anyPodReady reports whether a Ready pod matches the upstream Service's selector (true when it
+// cannot tell: the agent then waits for a connection to be accepted).
+func (u *upstreams) anyPodReady(ctx context.Context, service string) bool {
+	sel, ok := u.selectors[service]
+	if !ok || len(sel) == 0 {
+		return true
+	}
+	pods, err := u.client.CoreV1().Pods(u.namespace).List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(sel).String()})
+	if err != nil {
+		return true
+	}
+	for _, p := range pods.Items {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue && p.DeletionTimestamp == nil {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (u *upstreams) dial(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 .SHELLFLAGS := -o errexit -o nounset -o pipefail -c
 
-.PHONY: build test unit verify e2e bench cluster-up cluster-down demo
+.PHONY: build test unit verify e2e bench cluster-up cluster-down demo release-check
 
 build:
 	go build -o _output/bin/ ./cmd/...
@@ -32,6 +32,10 @@ cluster-down:
 
 demo:
 	hack/demo.sh
+
+# release-check builds the snapshot release for every platform (make test builds amd64 only).
+release-check:
+	ALL_PLATFORMS=1 hack/verify-goreleaser.sh
 
 # bench measures (docs/benchmarks.md); it is not part of test.
 bench:

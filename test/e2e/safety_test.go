@@ -278,16 +278,33 @@ func TestInterceptCleanWithCorruptAnnotation(t *testing.T) {
 	}
 }
 
-// TestInterceptStartStopRace: one CLI ends while another starts within ±300 ms of its end, 50
-// times, with in-cluster clients opening new connections throughout. A starting CLI must never
-// join an agent that is going away, and an ending one never remove an agent another has joined:
-// the Service may be served by the original pods or the agent, but never point at nothing.
+// waitNewLease waits until a session Lease not in seen exists in ns, and adds it.
+func waitNewLease(t *testing.T, ns string, seen map[string]bool) {
+	t.Helper()
+	err := framework.PollEvery(context.Background(), 10*time.Millisecond, 30*time.Second, func(ctx context.Context) (bool, error) {
+		leases, err := fw.Client.CoordinationV1().Leases(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubectl-bridge.io/kind=intercept"})
+		if err != nil {
+			return false, err
+		}
+		found := false
+		for _, l := range leases.Items {
+			if !seen[l.Name] {
+				seen[l.Name], found = true, true
+			}
+		}
+		return found, nil
+	})
+	if err != nil {
+		t.Fatalf("no new session Lease: %v", err)
+	}
+}
+
 // TestInterceptStartStopRace: one CLI ends while another starts within ±300 ms of its end, 50
 // times, with in-cluster clients opening new connections throughout. A starting CLI must never
 // join an agent that is going away, and an ending one never remove an agent another has joined:
 // the Service may be served by the original pods or the agent, but never point at nothing.
 func TestInterceptStartStopRace(t *testing.T) {
-	const rounds = 6
+	const rounds = 50
 	ns := fw.Namespace(t, nil)
 	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{Replicas: 2})
 	client := fw.ClientPod(t, ns)
@@ -298,11 +315,13 @@ func TestInterceptStartStopRace(t *testing.T) {
 	}
 	load := client.StartLoad(echo.URL("/race"), "--timeout", "1s", "--interval", "20ms")
 
+	seen := map[string]bool{}
 	t0 := time.Now()
 	at := func() string { return fmt.Sprintf("%.2fs", time.Since(t0).Seconds()) }
 	var timeline []string
 	cur := start(0)
 	cur.WaitOutput("Tunnel connected", 90*time.Second)
+	waitNewLease(t, ns, seen)
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("offsets seeded with %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 17))
@@ -312,7 +331,9 @@ func TestInterceptStartStopRace(t *testing.T) {
 		offset := time.Duration(rng.IntN(601)-300) * time.Millisecond
 		var next *framework.Process
 		if offset < 0 {
+			// The session starts when its Lease exists (the CLI's own start-up comes first).
 			next = start(i)
+			waitNewLease(t, ns, seen)
 			time.Sleep(-offset)
 			timeline = append(timeline, fmt.Sprintf("%s round %d: end (started %s before)", at(), i, -offset))
 			cur.Signal(syscall.SIGINT)
@@ -322,6 +343,7 @@ func TestInterceptStartStopRace(t *testing.T) {
 			time.Sleep(offset)
 			next = start(i)
 			timeline = append(timeline, fmt.Sprintf("%s round %d: start", at(), i))
+			waitNewLease(t, ns, seen)
 		}
 		ending = append(ending, cur)
 		next.WaitOutput("Tunnel connected", 90*time.Second)

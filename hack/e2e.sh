@@ -11,4 +11,6 @@ fi
 # One package, so that -v output streams as the tests run instead of arriving at the end.
 # CGO off and -trimpath, as the binaries the suite builds and hack/verify-gomod.sh's vet: one
 # compile of the dependencies serves all three.
-CGO_ENABLED=0 go test -trimpath -tags e2e -count=1 -timeout 50m -v ./test/e2e/ "$@"
+# -parallel: the tests that call t.Parallel (long, mostly waiting on the cluster) run side by side
+# once the others are done.
+CGO_ENABLED=0 go test -trimpath -tags e2e -count=1 -timeout 50m -parallel 6 -v ./test/e2e/ "$@"

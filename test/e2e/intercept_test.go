@@ -279,6 +279,7 @@ func TestInterceptMirror(t *testing.T) {
 
 // TestInterceptTeardownPaths proves the Service is put back whatever way the session ends.
 func TestInterceptTeardownPaths(t *testing.T) {
+	t.Parallel() // mostly waiting on the cluster: runs beside the other parallel tests
 	t.Run("command ends", func(t *testing.T) {
 		ns := fw.Namespace(t, nil)
 		fw.DeployEcho(t, ns, "echo", framework.EchoOptions{})
@@ -323,8 +324,13 @@ func TestInterceptTeardownPaths(t *testing.T) {
 		}
 		// A fresh process with no local state: everything it knows comes from the cluster.
 		res := fw.RunBridge(t, "clean", "-n", ns, "svc/echo")
-		if res.ExitCode != 0 || !strings.Contains(res.Stdout, "service/echo restored") {
+		if res.ExitCode != 0 || !strings.Contains(res.Stdout, "lease.coordination.k8s.io/") {
 			t.Fatalf("clean svc/echo: exit %d\n%s%s", res.ExitCode, res.Stdout, res.Stderr)
+		}
+		// Restored when clean returns: by clean, or a moment earlier by the agent, which gives
+		// the Service back as soon as clean has deleted the session's Lease.
+		if sel := snapshot(t, ns, "echo").Selector; !maps.Equal(sel, before.Selector) {
+			t.Fatalf("after clean the selector is %v, want %v", sel, before.Selector)
 		}
 		cli := p.Wait(60 * time.Second)
 		if cli.ExitCode == 0 || !strings.Contains(cli.Stderr, "ended by 'kubectl bridge clean'") {
@@ -464,6 +470,7 @@ func TestInterceptMeshSidecarWarning(t *testing.T) {
 
 // TestInterceptBadInput: every refusal names the problem and leaves the namespace untouched.
 func TestInterceptBadInput(t *testing.T) {
+	t.Parallel() // mostly waiting on the cluster: runs beside the other parallel tests
 	ns := fw.Namespace(t, nil)
 	fw.DeployEcho(t, ns, "echo", framework.EchoOptions{SecondPort: true})
 	ctx := context.Background()

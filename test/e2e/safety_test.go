@@ -92,6 +92,7 @@ func waitSwitchedBack(t *testing.T, ns, reason, want string) {
 // selector) and server-side by another field manager — and after Ctrl-C the Service has its own
 // selector back; a real change of the selector is adopted and kept.
 func TestInterceptSurvivesApplies(t *testing.T) {
+	t.Parallel() // mostly waiting on the cluster: runs beside the other parallel tests
 	for _, mode := range []string{"steal", "header"} {
 		t.Run(mode, func(t *testing.T) {
 			ns := fw.Namespace(t, nil)
@@ -213,6 +214,7 @@ func waitGivenBack(t *testing.T, client *framework.Client, echo *framework.Echo,
 // TestInterceptCLIKilled: a laptop that crashes gives the Service back within seconds, with
 // default flags, even when a tool has stripped or mangled the saved original selector.
 func TestInterceptCLIKilled(t *testing.T) {
+	t.Parallel() // mostly waiting on the cluster: runs beside the other parallel tests
 	t.Run("default flags", func(t *testing.T) {
 		ns := fw.Namespace(t, nil)
 		echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{Replicas: 2})
@@ -257,6 +259,7 @@ func TestInterceptCLIKilled(t *testing.T) {
 // TestInterceptCleanWithCorruptAnnotation: `clean` from another machine restores a Service whose
 // saved selector was mangled, from the shadow Service's copy.
 func TestInterceptCleanWithCorruptAnnotation(t *testing.T) {
+	t.Parallel() // mostly waiting on the cluster: runs beside the other parallel tests
 	ns := fw.Namespace(t, nil)
 	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{Replicas: 1})
 	client := fw.ClientPod(t, ns)
@@ -304,6 +307,7 @@ func waitNewLease(t *testing.T, ns string, seen map[string]bool) {
 // join an agent that is going away, and an ending one never remove an agent another has joined:
 // the Service may be served by the original pods or the agent, but never point at nothing.
 func TestInterceptStartStopRace(t *testing.T) {
+	t.Parallel() // mostly waiting on the cluster: runs beside the other parallel tests
 	const rounds = 50
 	ns := fw.Namespace(t, nil)
 	echo := fw.DeployEcho(t, ns, "echo", framework.EchoOptions{Replicas: 2})

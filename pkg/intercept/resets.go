@@ -27,14 +27,8 @@ type Reset struct {
 	GitOps *redirect.GitOps
 }
 
-// String is the line printed for the user.
-func (r Reset) String() string {
-	by := "someone"
-	if r.Manager != "" {
-		by = fmt.Sprintf("%s (%s)", r.Manager, r.Operation)
-	}
-	return by
-}
+// String names who wrote the selector and how, for the user.
+func (r Reset) String() string { return fmt.Sprintf("%s (%s)", r.Manager, r.Operation) }
 
 // WatchResets calls onReset whenever the Service, switched to the agent, has its selector
 // written by another field manager, until ctx ends. Our own restores remove our annotation;
